@@ -1,0 +1,316 @@
+"""Test helpers for forge and for plugin authors: a scripted OpenAI-wire backend, an app
+builder that wires it to forge without a network, and a loopback server runner.
+
+Typical use::
+
+    backend = ScriptedBackend()
+    backend.push(reply_tool_call("get_weather", {"city": "Paris"}))
+    async with forge_client(backend) as http:     # httpx.AsyncClient talking to forge
+        r = await http.post("/v1/chat/completions", json=...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from forge_core.backend import BackendSettings, BackendSpec, Capabilities
+from forge_core.config import GuardrailSettings, ServeConfig
+from forge_core.openai_client import OpenAIWireClient
+from forge_core.turns import new_id
+
+# --- scripted replies -------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One scripted backend answer. ``stream_chunks`` overrides the automatic chunking."""
+
+    message: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str = "stop"
+    status: int = 200
+    error_body: Any = None
+    stream_chunks: list[dict[str, Any] | str] | None = None
+    delay: float = 0.0
+    """Seconds to wait before each streamed chunk (and before a non-streamed answer)."""
+    usage: dict[str, int] = field(
+        default_factory=lambda: {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    )
+    raw_body: bytes | None = None
+
+
+def reply_text(content: str, **kw: Any) -> Reply:
+    return Reply(message={"role": "assistant", "content": content}, **kw)
+
+
+def reply_tool_call(
+    name: str, arguments: str | dict[str, Any], *, content: str | None = None,
+    call_id: str | None = None, **kw: Any,
+) -> Reply:
+    return reply_tool_calls([(name, arguments)], content=content, ids=[call_id], **kw)
+
+
+def reply_tool_calls(
+    calls: Sequence[tuple[str, str | dict[str, Any]]], *, content: str | None = None,
+    ids: Sequence[str | None] = (), **kw: Any,
+) -> Reply:
+    tool_calls = []
+    for i, (name, args) in enumerate(calls):
+        call_id = (ids[i] if i < len(ids) else None) or new_id("call_")
+        text = args if isinstance(args, str) else json.dumps(args)
+        tool_calls.append(
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
+        )
+    kw.setdefault("finish_reason", "tool_calls")
+    message = {"role": "assistant", "content": content, "tool_calls": tool_calls}
+    return Reply(message=message, **kw)
+
+
+def reply_error(status: int, body: Any) -> Reply:
+    return Reply(status=status, error_body=body)
+
+
+def auto_chunks(reply: Reply) -> list[dict[str, Any]]:
+    """How a typical llama-server streams ``reply``: word-sized text, then call fragments."""
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": None}]
+    content = reply.message.get("content") or ""
+    words = content.split(" ")
+    for i, word in enumerate(words):
+        piece = word if i == len(words) - 1 else word + " "
+        if piece:
+            deltas.append({"content": piece})
+    for index, call in enumerate(reply.message.get("tool_calls") or []):
+        args = call["function"]["arguments"]
+        half = len(args) // 2
+        deltas.append({"tool_calls": [{
+            "index": index, "id": call["id"], "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": args[:half]},
+        }]})
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": args[half:]}}]})
+    return deltas
+
+
+class ScriptedBackend:
+    """A fake OpenAI-wire server answering from a queue of :class:`Reply` objects.
+
+    It records every request body and header set it receives, and whether a streamed
+    response was cut off by the client (``cancelled``).
+    """
+
+    def __init__(self, models: Sequence[str] = ("fake-model",)) -> None:
+        self.models = list(models)
+        self.replies: list[Reply] = []
+        self.requests: list[dict[str, Any]] = []
+        self.raw_requests: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        self.cancelled = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.app = Starlette(routes=[
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/health", self._health, methods=["GET"]),
+        ])
+
+    def push(self, *replies: Reply) -> ScriptedBackend:
+        self.replies.extend(replies)
+        return self
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": m, "object": "model", "owned_by": "test"} for m in self.models
+        ]})
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _chat(self, request: Request) -> Response:
+        raw = await request.body()
+        body = json.loads(raw)
+        self.raw_requests.append(raw)
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        reply = self.replies.pop(0) if self.replies else reply_text("(script exhausted)")
+        if reply.raw_body is not None:
+            return Response(reply.raw_body, status_code=reply.status,
+                            media_type="application/json")
+        if reply.status != 200:
+            return JSONResponse(reply.error_body, status_code=reply.status)
+        if body.get("stream"):
+            return StreamingResponse(self._stream(reply, body), media_type="text/event-stream")
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        return JSONResponse({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "message": reply.message,
+                         "finish_reason": reply.finish_reason}],
+            "usage": reply.usage,
+        })
+
+    async def _stream(self, reply: Reply, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+                "model": body.get("model")}
+        chunks = reply.stream_chunks if reply.stream_chunks is not None else auto_chunks(reply)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        finished = False
+        try:
+            for delta in chunks:
+                if reply.delay:
+                    await asyncio.sleep(reply.delay)
+                if isinstance(delta, str):
+                    yield delta.encode()  # raw bytes, for malformed-stream tests
+                    continue
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n".encode()
+            final = {"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
+            yield f"data: {json.dumps({**head, 'choices': [final]})}\n\n".encode()
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {**head, "choices": [], "usage": reply.usage}
+                yield f"data: {json.dumps(usage)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            self.in_flight -= 1
+            if not finished:
+                self.cancelled += 1
+
+
+# --- wiring forge to a fake, without a network --------------------------------------------------
+
+
+def fake_spec(name: str = "fake", **caps: Any) -> BackendSpec:
+    """A spec for an OpenAI-wire backend reached through ``transport``."""
+
+    def factory(settings: BackendSettings) -> OpenAIWireClient:  # pragma: no cover - unused
+        return OpenAIWireClient(settings, name=name, base_url=settings.backend_url or "")
+
+    return BackendSpec(
+        name=name, description="test backend", client_factory=factory,
+        capabilities=Capabilities(**caps),
+    )
+
+
+def build_state(
+    backend: ScriptedBackend | httpx.AsyncBaseTransport,
+    *,
+    spec: BackendSpec | None = None,
+    model: str | None = None,
+    guardrails: GuardrailSettings | None = None,
+    **config: Any,
+) -> Any:
+    """An AppState with forge's real engine in front of ``backend`` (an ASGI fake or transport)."""
+    from forge_core.app import AppState
+    from forge_core.engine import Engine
+    from forge_core.limiter import Limiter
+    from forge_core.plugins import PluginHost
+
+    transport = (
+        httpx.ASGITransport(app=backend.app) if isinstance(backend, ScriptedBackend) else backend
+    )
+    spec = spec or fake_spec()
+    settings = BackendSettings(backend_url="http://backend.test", model=model, timeout=30.0)
+    client = OpenAIWireClient(
+        settings, name=spec.name, base_url="http://backend.test",
+        derive_identity=spec.derive_identity, transport=transport,
+    )
+    serve = ServeConfig(
+        backend=settings, plugin=spec.name, guardrails=guardrails or GuardrailSettings(), **config
+    )
+    host = PluginHost()
+    engine = Engine(client, spec, serve.guardrails, host.rescue_parsers(), host.transforms())
+    limiter = Limiter(serve.max_concurrency, serve.max_queue)
+    return AppState(config=serve, spec=spec, client=client, engine=engine, limiter=limiter)
+
+
+@contextlib.asynccontextmanager
+async def forge_client(
+    backend: ScriptedBackend | httpx.AsyncBaseTransport, **kw: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to a forge app (ASGI, in-process) in front of ``backend``."""
+    from forge_core.app import make_app
+
+    state = kw.pop("state", None) or build_state(backend, **kw)
+    app = make_app(state)
+    await state.client.start()
+    state.started = True
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://forge.test", timeout=30
+        ) as http:
+            http.forge_state = state  # type: ignore[attr-defined]
+            yield http
+    finally:
+        await state.client.aclose()
+
+
+# --- real servers on loopback -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_on_loopback(app: Any, port: int | None = None) -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a thread; yields its base URL."""
+    from forge_core.managed import free_port
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+        lifespan="on",
+    ))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("loopback server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def chat(content: str = "hi", model: str = "fake-model", **extra: Any) -> dict[str, Any]:
+    """A minimal OpenAI chat body with one user message."""
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["c", "f"]},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}

@@ -1,0 +1,1 @@
+"""Client wire formats: parsing requests and emitting responses, one module per protocol."""

@@ -1,0 +1,1024 @@
+"""The Anthropic Messages wire format: request models, translation to and from the OpenAI shape,
+the response body, the streaming emitter and errors.
+
+This module is pure translation (no I/O). The app parses ``POST /v1/messages`` with
+:func:`parse_messages_request`, hands :func:`to_openai_request` to the pipeline (which speaks
+OpenAI internally), and turns the result back with :func:`to_anthropic_message` or an
+:class:`AnthropicStreamEmitter`. ``from_openai_request`` goes the other way, for a backend that
+speaks Anthropic (the forge-anthropic plugin).
+
+Translation choices (documented because they lose information on purpose):
+
+* Several text blocks of one turn, and a list-form ``system``, are joined with a blank line.
+* ``thinking`` and ``redacted_thinking`` blocks in the history are dropped: they are the model's
+  private scratch space, carry signatures only Anthropic can verify, and must never leak into
+  the text a local model sees.
+* A ``tool_result`` with ``is_error: true`` becomes a tool message whose text starts with
+  ``"Error: "`` (unless the client already started it with "error"), because the OpenAI wire has
+  no error flag for tool results.
+* Images inside a ``tool_result`` move to the user message that follows the tool messages (the
+  OpenAI ``tool`` role carries text only), announced by a short text part naming the call.
+* Server tools (``web_search_20250305``, ``bash_20250124``... any tool with a ``type`` other
+  than ``custom``) are dropped with a logged note: their schemas live at Anthropic and no local
+  backend can run them.
+* ``cache_control`` marks and unknown top-level fields do not survive translation; they survive
+  only verbatim forwarding of the original body to an Anthropic backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from forge_core.errors import BackendProtocolError, ForgeError, InvalidRequest
+from forge_core.turns import (
+    AssistantTurn,
+    Finished,
+    KeepAlive,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallReady,
+    Usage,
+    new_id,
+)
+
+logger = logging.getLogger(__name__)
+
+BLOCK_SEPARATOR = "\n\n"
+ERROR_PREFIX = "Error: "
+
+# --- request models ----------------------------------------------------------------------------
+
+
+class _Open(BaseModel):
+    """Base of every wire model: unknown fields are kept, never rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class TextBlock(_Open):
+    type: Literal["text"] = "text"
+    text: str
+    cache_control: dict[str, Any] | None = None
+
+
+class Base64ImageSource(_Open):
+    type: Literal["base64"] = "base64"
+    media_type: str
+    data: str
+
+
+class UrlImageSource(_Open):
+    type: Literal["url"] = "url"
+    url: str
+
+
+class OtherImageSource(_Open):
+    """A source kind forge cannot translate (``file`` ids live at Anthropic)."""
+
+    type: str
+
+
+def _source_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"source:{kind if kind in ('base64', 'url') else 'other'}"
+
+
+ImageSource = Annotated[
+    Annotated[Base64ImageSource, Tag("source:base64")]
+    | Annotated[UrlImageSource, Tag("source:url")]
+    | Annotated[OtherImageSource, Tag("source:other")],
+    Discriminator(_source_tag),
+]
+
+
+class ImageBlock(_Open):
+    type: Literal["image"] = "image"
+    source: ImageSource
+    cache_control: dict[str, Any] | None = None
+
+
+class ToolUseBlock(_Open):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: dict[str, Any] | None = None
+
+
+class ThinkingBlock(_Open):
+    type: Literal["thinking"] = "thinking"
+    thinking: str
+    signature: str = ""
+
+
+class RedactedThinkingBlock(_Open):
+    type: Literal["redacted_thinking"] = "redacted_thinking"
+    data: str = ""
+
+
+class OtherBlock(_Open):
+    """A block kind forge does not model (``document``, ``search_result``...): kept, not failed."""
+
+    type: str
+
+
+class ToolResultBlock(_Open):
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str
+    content: str | list[ContentBlock] | None = None
+    is_error: bool = False
+    cache_control: dict[str, Any] | None = None
+
+
+_KNOWN_BLOCKS = ("text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking")
+
+
+def _block_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"block:{kind if kind in _KNOWN_BLOCKS else 'other'}"
+
+
+ContentBlock = Annotated[
+    Annotated[TextBlock, Tag("block:text")]
+    | Annotated[ImageBlock, Tag("block:image")]
+    | Annotated[ToolUseBlock, Tag("block:tool_use")]
+    | Annotated[ToolResultBlock, Tag("block:tool_result")]
+    | Annotated[ThinkingBlock, Tag("block:thinking")]
+    | Annotated[RedactedThinkingBlock, Tag("block:redacted_thinking")]
+    | Annotated[OtherBlock, Tag("block:other")],
+    Discriminator(_block_tag),
+]
+ToolResultBlock.model_rebuild()
+
+
+class Message(_Open):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+
+class Tool(_Open):
+    """A client tool (``input_schema``) or a server tool (a ``type`` such as web_search_...)."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None
+    cache_control: dict[str, Any] | None = None
+
+    @property
+    def is_server_tool(self) -> bool:
+        return self.type not in (None, "custom")
+
+    @model_validator(mode="after")
+    def _schema_for_client_tools(self) -> Tool:
+        if not self.is_server_tool and self.input_schema is None:
+            raise ValueError(f"tool '{self.name}' needs an input_schema")
+        return self
+
+
+class ToolChoice(_Open):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _name_for_tool(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise ValueError("tool_choice of type 'tool' needs a name")
+        return self
+
+
+class ThinkingConfig(_Open):
+    type: str
+    budget_tokens: int | None = None
+
+
+class Metadata(_Open):
+    user_id: str | None = None
+
+
+class CountTokensRequest(_Open):
+    """The body of ``POST /v1/messages/count_tokens`` (no ``max_tokens``) and the base of
+    :class:`MessagesRequest`."""
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+
+    @property
+    def thinking_enabled(self) -> bool:
+        """True when the client asked for thinking blocks in the answer."""
+        return self.thinking is not None and self.thinking.type != "disabled"
+
+
+class MessagesRequest(CountTokensRequest):
+    """The body of ``POST /v1/messages``."""
+
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    metadata: Metadata | None = None
+    stream: bool = False
+
+
+_UNION_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``messages.0.content.1.text``: pydantic's union-branch labels and our tags removed."""
+    return ".".join(
+        str(part)
+        for part in loc
+        if not (isinstance(part, str) and (part in _UNION_LABELS or "[" in part or ":" in part))
+    )
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    # The deepest error is the precise one: with ``content: str | list[...]`` a bad block
+    # also fails the ``str`` branch, whose error says nothing useful.
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+    path = _field_path(tuple(err.get("loc", ())))
+    if err.get("type") == "missing":
+        return InvalidRequest(f"{path}: Field required", path or None)
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return InvalidRequest(f"{path or 'body'}: {message}", path or None)
+
+
+def parse_messages_request(body: Any) -> MessagesRequest:
+    """Validate a decoded ``/v1/messages`` body; raise InvalidRequest naming the first bad field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return MessagesRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def parse_count_tokens_request(body: Any) -> CountTokensRequest:
+    """Validate a decoded ``/v1/messages/count_tokens`` body (``max_tokens`` is not needed)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return CountTokensRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+# --- Anthropic request -> OpenAI body ------------------------------------------------------------
+
+
+def compact_json(value: Any) -> str:
+    """JSON without spaces, non-ASCII kept: the form tool arguments travel in."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _image_part(block: ImageBlock) -> dict[str, Any] | None:
+    source = block.source
+    if isinstance(source, Base64ImageSource):
+        url = f"data:{source.media_type};base64,{source.data}"
+    elif isinstance(source, UrlImageSource):
+        url = source.url
+    else:
+        logger.info("dropping an image with source type %r: forge cannot fetch it", source.type)
+        return None
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _other_text(block: OtherBlock) -> str | None:
+    text = getattr(block, "text", None)
+    if isinstance(text, str):
+        return text
+    logger.info("dropping a %r content block: no text to translate", block.type)
+    return None
+
+
+def _collapse(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Plain text when there is no image (what every template accepts), else the parts list."""
+    if all(part["type"] == "text" for part in parts):
+        return BLOCK_SEPARATOR.join(part["text"] for part in parts)
+    return parts
+
+
+def _tool_result_text(block: ToolResultBlock) -> tuple[str, list[dict[str, Any]]]:
+    """The tool message text and any image parts that must travel in a user message."""
+    texts: list[str] = []
+    images: list[dict[str, Any]] = []
+    if isinstance(block.content, str):
+        texts.append(block.content)
+    elif block.content:
+        for inner in block.content:
+            if isinstance(inner, TextBlock):
+                texts.append(inner.text)
+            elif isinstance(inner, ImageBlock):
+                part = _image_part(inner)
+                if part:
+                    images.append(part)
+            elif isinstance(inner, OtherBlock) and (text := _other_text(inner)) is not None:
+                texts.append(text)
+    text = BLOCK_SEPARATOR.join(texts)
+    if not text and images:
+        text = "(The tool returned an image; it follows in the next message.)"
+    if block.is_error and not text.lstrip().lower().startswith("error"):
+        text = f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": ")
+    return text, images
+
+
+def _user_messages(content: str | list[Any]) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    tool_messages: list[dict[str, Any]] = []
+    tool_images: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for block in content:
+        if isinstance(block, ToolResultBlock):
+            text, images = _tool_result_text(block)
+            tool_messages.append(
+                {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+            )
+            if images:
+                note = f"Image returned by tool call {block.tool_use_id}:"
+                tool_images += [{"type": "text", "text": note}, *images]
+        elif isinstance(block, TextBlock):
+            parts.append({"type": "text", "text": block.text})
+        elif isinstance(block, ImageBlock):
+            if part := _image_part(block):
+                parts.append(part)
+        elif isinstance(block, OtherBlock):
+            if (text := _other_text(block)) is not None:
+                parts.append({"type": "text", "text": text})
+        elif isinstance(block, ToolUseBlock):
+            logger.info("dropping a tool_use block found in a user message")
+        # thinking blocks: dropped on purpose (see module docstring)
+    # Tool results answer the previous assistant turn, so they come before the user's text.
+    messages = tool_messages
+    parts = tool_images + parts
+    if parts:
+        messages.append({"role": "user", "content": _collapse(parts)})
+    return messages
+
+
+def _assistant_message(content: str | list[Any]) -> dict[str, Any]:
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in content:
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, ToolUseBlock):
+            calls.append(
+                {
+                    "id": block.id,
+                    "type": "function",
+                    "function": {"name": block.name, "arguments": compact_json(block.input)},
+                }
+            )
+        elif isinstance(block, OtherBlock) and (text := _other_text(block)) is not None:
+            texts.append(text)
+        # thinking / redacted_thinking: dropped on purpose (see module docstring)
+    text = BLOCK_SEPARATOR.join(t for t in texts if t)
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    elif message["content"] is None:
+        message["content"] = ""
+    return message
+
+
+def system_text(system: str | list[TextBlock] | None) -> str:
+    """The system prompt as one string ("" when absent)."""
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return system
+    return BLOCK_SEPARATOR.join(block.text for block in system)
+
+
+def openai_tools_from(req: CountTokensRequest) -> list[dict[str, Any]]:
+    """The request's client tools as OpenAI function tools (``parameters`` = ``input_schema``).
+
+    This is also what the guardrails validate calls against. Server tools are dropped with a
+    logged note.
+    """
+    tools: list[dict[str, Any]] = []
+    for tool in req.tools or ():
+        if tool.is_server_tool:
+            logger.info(
+                "dropping server tool %r (type %s): no forge backend can run it",
+                tool.name,
+                tool.type,
+            )
+            continue
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description is not None:
+            function["description"] = tool.description
+        function["parameters"] = tool.input_schema
+        tools.append({"type": "function", "function": function})
+    return tools
+
+
+def openai_tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    """auto -> "auto", any -> "required", none -> "none", tool -> the named function."""
+    if choice.type == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+
+
+def to_openai_request(req: CountTokensRequest) -> dict[str, Any]:
+    """Translate a parsed Anthropic request into an OpenAI chat-completions body.
+
+    Works for count_tokens bodies too (no ``max_tokens``). See the module docstring for what
+    is dropped and why.
+    """
+    messages: list[dict[str, Any]] = []
+    if system := system_text(req.system):
+        messages.append({"role": "system", "content": system})
+    for message in req.messages:
+        if message.role == "user":
+            messages.extend(_user_messages(message.content))
+        else:
+            messages.append(_assistant_message(message.content))
+
+    body: dict[str, Any] = {"model": req.model, "messages": messages}
+    if isinstance(req, MessagesRequest):
+        body["max_tokens"] = req.max_tokens
+        if req.stop_sequences:
+            body["stop"] = list(req.stop_sequences)
+        for name in ("temperature", "top_p", "top_k"):
+            value = getattr(req, name)
+            if value is not None:
+                body[name] = value
+        if req.metadata is not None and req.metadata.user_id:
+            body["user"] = req.metadata.user_id
+        body["stream"] = req.stream
+        if req.stream:
+            body["stream_options"] = {"include_usage": True}
+    tools = openai_tools_from(req)
+    if tools:
+        # tool_choice without tools is an error on vLLM and others, so both or neither.
+        body["tools"] = tools
+        if req.tool_choice is not None:
+            body["tool_choice"] = openai_tool_choice(req.tool_choice)
+            if req.tool_choice.disable_parallel_tool_use:
+                body["parallel_tool_calls"] = False
+    return body
+
+
+# --- OpenAI body -> Anthropic request (for an Anthropic backend) -------------------------------
+
+
+def _parts_to_blocks(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text" and part.get("text"):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if isinstance(url, str):
+                blocks.append({"type": "image", "source": _image_source(url)})
+    return blocks
+
+
+def _image_source(url: str) -> dict[str, Any]:
+    if url.startswith("data:") and ";base64," in url:
+        media_type, data = url[5:].split(";base64,", 1)
+        return {"type": "base64", "media_type": media_type, "data": data}
+    return {"type": "url", "url": url}
+
+
+def _tool_input(arguments: Any) -> dict[str, Any]:
+    """Arguments text as an Anthropic ``input`` object.
+
+    Text that is not a JSON object (a broken call being retried) is kept under
+    ``_unparsed_arguments`` so the model still sees what it wrote.
+    """
+    if isinstance(arguments, dict):
+        return arguments
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"_unparsed_arguments": arguments}
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return BLOCK_SEPARATOR.join(b["text"] for b in _parts_to_blocks(content) if b["type"] == "text")
+
+
+def from_openai_request(body: dict[str, Any], *, default_max_tokens: int = 4096) -> dict[str, Any]:
+    """Translate an OpenAI chat-completions body into an Anthropic Messages body.
+
+    System and developer messages become ``system``; tool messages become ``tool_result``
+    blocks at the start of the following user turn; consecutive same-role messages merge (the
+    Messages API wants one user turn after each tool-using assistant turn). ``max_tokens`` is
+    required by Anthropic, so ``default_max_tokens`` fills in when the body has none.
+    """
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": list(blocks)})
+
+    for message in body.get("messages") or ():
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            if text := _text_of(content):
+                system.append(text)
+        elif role == "user":
+            add("user", _parts_to_blocks(content))
+        elif role == "assistant":
+            blocks = _parts_to_blocks(content)
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") or {}
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id") or new_id("toolu_"),
+                        "name": function.get("name", ""),
+                        "input": _tool_input(function.get("arguments")),
+                    }
+                )
+            add("assistant", blocks)
+        elif role in ("tool", "function"):
+            result = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id", ""),
+                "content": _text_of(content),
+            }
+            add("user", [result])
+
+    out: dict[str, Any] = {"model": body.get("model", "")}
+    if system:
+        out["system"] = BLOCK_SEPARATOR.join(system)
+    out["messages"] = turns
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    out["max_tokens"] = int(max_tokens) if max_tokens else default_max_tokens
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    for name in ("temperature", "top_p", "top_k"):
+        if body.get(name) is not None:
+            out[name] = body[name]
+    if body.get("user"):
+        out["metadata"] = {"user_id": body["user"]}
+    tools = _anthropic_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = _anthropic_tool_choice(body.get("tool_choice"))
+        if body.get("parallel_tool_calls") is False:
+            choice = choice or {"type": "auto"}
+            choice["disable_parallel_tool_use"] = True
+        if choice:
+            out["tool_choice"] = choice
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+def _anthropic_tools(tools: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for tool in tools or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            continue
+        entry: dict[str, Any] = {"name": function["name"]}
+        if function.get("description"):
+            entry["description"] = function["description"]
+        entry["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
+        out.append(entry)
+    return out
+
+
+def _anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
+    if isinstance(choice, str):
+        mapped = {"auto": "auto", "required": "any", "none": "none"}.get(choice)
+        return {"type": mapped} if mapped else None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if name:
+            return {"type": "tool", "name": name}
+    return None
+
+
+# --- response ------------------------------------------------------------------------------------
+
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+}
+
+
+def anthropic_stop_reason(
+    finish_reason: str | None, *, has_tool_calls: bool = False, matched_stop: str | None = None
+) -> str:
+    """Map an OpenAI finish_reason to Anthropic's ``stop_reason``.
+
+    A matched stop sequence wins ("stop_sequence"); an answer carrying tool calls is always
+    "tool_use" (some backends say "stop" next to calls, and the client must run them anyway).
+    """
+    if matched_stop is not None:
+        return "stop_sequence"
+    if has_tool_calls:
+        return "tool_use"
+    return _STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
+def anthropic_tool_id(call_id: str) -> str:
+    """Keep an id already in Anthropic's ``toolu_`` form; give any other id a fresh one."""
+    return call_id if call_id.startswith("toolu_") else new_id("toolu_")
+
+
+def tool_input_json(call: ToolCall) -> tuple[str, dict[str, Any]]:
+    """The call's arguments as (JSON text, object). Empty arguments mean ``{}``.
+
+    Arguments reach an emitter after the guardrails validated them; if they still are not a
+    JSON object (guardrails switched off, a buggy plugin) this raises BackendProtocolError,
+    because Anthropic clients cannot represent such a call.
+    """
+    text = call.arguments.strip()
+    if not text:
+        return "{}", {}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise BackendProtocolError(
+            "model", f"produced arguments for tool '{call.name}' that are not a JSON object"
+        )
+    return text, parsed
+
+
+def _usage_body(usage: Usage | None, input_tokens: int = 0) -> dict[str, int]:
+    return {
+        "input_tokens": usage.prompt_tokens if usage and usage.prompt_tokens else input_tokens,
+        "output_tokens": usage.completion_tokens if usage else 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+
+
+def to_anthropic_message(
+    turn: AssistantTurn,
+    model: str,
+    message_id: str | None = None,
+    *,
+    thinking: bool = False,
+    matched_stop: str | None = None,
+    input_tokens: int = 0,
+) -> dict[str, Any]:
+    """The non-streamed ``/v1/messages`` response body for one assistant turn.
+
+    ``thinking``: include the turn's reasoning as a thinking block (only when the request
+    enabled thinking; otherwise reasoning is dropped). ``matched_stop``: the request's stop
+    sequence the backend stopped on, if the backend reported one. ``input_tokens``: the
+    estimate to report when the backend gave no usage.
+    """
+    content: list[dict[str, Any]] = []
+    if thinking and turn.reasoning:
+        content.append({"type": "thinking", "thinking": turn.reasoning, "signature": ""})
+    if turn.content:
+        content.append({"type": "text", "text": turn.content})
+    for call in turn.tool_calls:
+        _, parsed = tool_input_json(call)
+        tool_id = anthropic_tool_id(call.id)
+        content.append({"type": "tool_use", "id": tool_id, "name": call.name, "input": parsed})
+    stop_reason = anthropic_stop_reason(
+        turn.finish_reason, has_tool_calls=bool(turn.tool_calls), matched_stop=matched_stop
+    )
+    return {
+        "id": message_id or new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": matched_stop if stop_reason == "stop_sequence" else None,
+        "usage": _usage_body(turn.usage, input_tokens),
+    }
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def anthropic_error_body(exc: ForgeError) -> dict[str, Any]:
+    """Anthropic's error shape: ``{"type": "error", "error": {"type", "message"}}``."""
+    return {"type": "error", "error": {"type": exc.anthropic_type, "message": exc.message}}
+
+
+def sse_event(name: str, payload: dict[str, Any]) -> bytes:
+    """One Anthropic SSE event, framed exactly ``event: NAME\\ndata: JSON\\n\\n``.
+
+    ``json.dumps`` escapes every control character, so the data never spans lines.
+    """
+    return f"event: {name}\ndata: {compact_json(payload)}\n\n".encode()
+
+
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+def error_event(exc: ForgeError) -> bytes:
+    """An in-stream ``event: error`` (the only way to report a failure after the 200)."""
+    return sse_event("error", anthropic_error_body(exc))
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+class StreamOrderError(RuntimeError):
+    """The emitter was driven in an order that cannot produce a valid stream (a forge bug)."""
+
+
+class _Phase(enum.Enum):
+    NEW = "new"
+    STREAMING = "streaming"
+    DONE = "done"
+
+
+def _estimate_output_tokens(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+class AnthropicStreamEmitter:
+    """Turns forge stream events into Anthropic SSE bytes, in an order that is always valid.
+
+    One ``message_start``; per block ``content_block_start`` / deltas / ``content_block_stop``
+    with consecutive indexes; then ``message_delta`` and ``message_stop``. Only one block is
+    open at a time: a text or thinking block stays open while deltas of its kind arrive and is
+    closed when anything else starts; a tool call is a whole block (start, ONE input_json_delta
+    carrying the complete arguments, stop). ``ping`` may come anywhere before the end. Feeding
+    an event before :meth:`start` starts the message first; anything after the end (or after an
+    error) raises :class:`StreamOrderError` instead of writing an invalid stream.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        message_id: str | None = None,
+        input_tokens: int = 0,
+        thinking: bool = False,
+    ) -> None:
+        self.model = model
+        self.message_id = message_id or new_id("msg_")
+        self.input_tokens = input_tokens
+        self.thinking = thinking
+        self._phase = _Phase.NEW
+        self._next_index = 0
+        self._open: Literal["text", "thinking"] | None = None
+        self._saw_tool = False
+        self._output_chars = 0
+
+    @property
+    def started(self) -> bool:
+        return self._phase is not _Phase.NEW
+
+    @property
+    def done(self) -> bool:
+        return self._phase is _Phase.DONE
+
+    def start(self) -> bytes:
+        """The single ``message_start`` (message with empty content and the input estimate)."""
+        if self._phase is not _Phase.NEW:
+            raise StreamOrderError("message_start was already sent")
+        self._phase = _Phase.STREAMING
+        usage = _usage_body(None, self.input_tokens)
+        usage["output_tokens"] = 1
+        message = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        return sse_event("message_start", {"type": "message_start", "message": message})
+
+    def feed(self, event: StreamEvent, *, matched_stop: str | None = None) -> bytes:
+        """Bytes for one event (possibly empty). ``matched_stop`` only matters for Finished."""
+        if self._phase is _Phase.DONE:
+            raise StreamOrderError(f"{type(event).__name__} after the stream ended")
+        out = b"" if self.started else self.start()
+        if isinstance(event, TextDelta):
+            out += self._delta("text", event.text)
+        elif isinstance(event, ReasoningDelta):
+            if self.thinking:
+                out += self._delta("thinking", event.text)
+        elif isinstance(event, ToolCallReady):
+            out += self._tool(event.call)
+        elif isinstance(event, KeepAlive):
+            out += PING
+        elif isinstance(event, Finished):
+            out += self._finish(event, matched_stop)
+        else:  # pragma: no cover - StreamEvent is a closed union
+            raise StreamOrderError(f"unknown stream event {event!r}")
+        return out
+
+    def error(self, exc: ForgeError) -> bytes:
+        """An in-stream error event; the stream is over afterwards."""
+        if self._phase is _Phase.DONE:
+            raise StreamOrderError("error after the stream ended")
+        self._phase = _Phase.DONE
+        return error_event(exc)
+
+    async def aiter_bytes(self, events: AsyncIterable[StreamEvent]) -> AsyncIterator[bytes]:
+        """Drive the emitter over an event source; a ForgeError mid-stream becomes an error event.
+
+        Any other exception is logged and reported as an api_error (the 200 is already sent), and
+        so is a source that ends without Finished. When the consumer stops early (the client
+        went away), the source is closed at once so the backend request is cancelled with it.
+        """
+        yield self.start()
+        try:
+            async for event in events:
+                chunk = self.feed(event)
+                if chunk:
+                    yield chunk
+            if not self.done:
+                logger.error("stream events ended without Finished")
+                yield self.error(ForgeError("The answer ended unexpectedly."))
+        except ForgeError as exc:
+            yield self.error(exc)
+        except Exception:
+            logger.exception("stream failed")
+            yield self.error(ForgeError("Internal error while streaming the answer."))
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    # -- internals --
+
+    def _close_open_block(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        index = self._next_index - 1
+        return sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+    def _open_block(self, block: dict[str, Any]) -> tuple[int, bytes]:
+        out = self._close_open_block()
+        index = self._next_index
+        self._next_index += 1
+        start = {"type": "content_block_start", "index": index, "content_block": block}
+        return index, out + sse_event("content_block_start", start)
+
+    def _delta(self, kind: Literal["text", "thinking"], text: str) -> bytes:
+        if not text:
+            return b""
+        out = b""
+        if self._open != kind:
+            block = (
+                {"type": "text", "text": ""}
+                if kind == "text"
+                else {"type": "thinking", "thinking": "", "signature": ""}
+            )
+            _, out = self._open_block(block)
+            self._open = kind
+        self._output_chars += len(text)
+        delta = (
+            {"type": "text_delta", "text": text}
+            if kind == "text"
+            else {"type": "thinking_delta", "thinking": text}
+        )
+        payload = {"type": "content_block_delta", "index": self._next_index - 1, "delta": delta}
+        return out + sse_event("content_block_delta", payload)
+
+    def _tool(self, call: ToolCall) -> bytes:
+        arguments, _ = tool_input_json(call)  # may raise: do it before any state changes
+        tool_id = anthropic_tool_id(call.id)
+        block = {"type": "tool_use", "id": tool_id, "name": call.name, "input": {}}
+        index, out = self._open_block(block)
+        self._saw_tool = True
+        self._output_chars += len(arguments) + len(call.name)
+        delta = {"type": "input_json_delta", "partial_json": arguments}
+        out += sse_event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        )
+        return out + sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+    def _finish(self, event: Finished, matched_stop: str | None) -> bytes:
+        out = self._close_open_block()
+        self._phase = _Phase.DONE
+        stop_reason = anthropic_stop_reason(
+            event.finish_reason, has_tool_calls=self._saw_tool, matched_stop=matched_stop
+        )
+        usage: dict[str, int] = {}
+        if event.usage is not None and event.usage.prompt_tokens:
+            usage["input_tokens"] = event.usage.prompt_tokens
+        usage["output_tokens"] = (
+            event.usage.completion_tokens
+            if event.usage is not None
+            else _estimate_output_tokens(self._output_chars)
+        )
+        delta = {
+            "stop_reason": stop_reason,
+            "stop_sequence": matched_stop if stop_reason == "stop_sequence" else None,
+        }
+        out += sse_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
+        return out + sse_event("message_stop", {"type": "message_stop"})
+
+
+# --- token estimate ------------------------------------------------------------------------------
+
+CHARS_PER_TOKEN = 4
+"""English text and code average about four characters (UTF-8 bytes) per token."""
+MESSAGE_OVERHEAD = 4
+"""Role markers and separators a chat template adds around each message."""
+TOOL_OVERHEAD = 12
+"""Per tool definition: the wrapper a template renders around name, description and schema."""
+IMAGE_TOKENS = 1600
+"""Anthropic bills an image at about width*height/750 tokens, about 1600 for a full-size one;
+forge does not decode images, so every image counts as full size."""
+
+
+def render_for_count(openai_body: dict[str, Any]) -> str:
+    """The text a backend would tokenize for an OpenAI body: contents, calls and tool specs.
+
+    Image parts are not rendered (their data URLs would count as text); count them apart.
+    """
+    pieces: list[str] = []
+    for message in openai_body.get("messages") or ():
+        content = message.get("content")
+        if isinstance(content, str):
+            pieces.append(content)
+        elif isinstance(content, list):
+            pieces += [p.get("text", "") for p in content if p.get("type") == "text"]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            pieces += [function.get("name", ""), function.get("arguments", "")]
+    for tool in openai_body.get("tools") or ():
+        pieces.append(compact_json(tool.get("function", tool)))
+    return "\n".join(pieces)
+
+
+def _count_images(openai_body: dict[str, Any]) -> int:
+    return sum(
+        1
+        for message in openai_body.get("messages") or ()
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    )
+
+
+def estimate_tokens(req: CountTokensRequest) -> int:
+    """A heuristic prompt-size estimate for ``count_tokens`` when the backend cannot tokenize.
+
+    UTF-8 bytes of the rendered text / 4 (bytes rather than characters so CJK text, about one
+    token per character, is not undercounted), plus :data:`MESSAGE_OVERHEAD` per message,
+    :data:`TOOL_OVERHEAD` per tool and :data:`IMAGE_TOKENS` per image. Meant to be within
+    tens of percent: good for context bars and budget warnings, not for billing.
+    """
+    body = to_openai_request(req)
+    text_bytes = len(render_for_count(body).encode())
+    return (
+        math.ceil(text_bytes / CHARS_PER_TOKEN)
+        + MESSAGE_OVERHEAD * len(body["messages"])
+        + TOOL_OVERHEAD * len(body.get("tools") or ())
+        + IMAGE_TOKENS * _count_images(body)
+    )

@@ -1,0 +1,206 @@
+"""The OpenAI chat-completions wire format: request model, responses, chunks and errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from forge_core.errors import ForgeError, InvalidRequest
+from forge_core.turns import (
+    AssistantTurn,
+    Finished,
+    KeepAlive,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallReady,
+    Usage,
+    new_id,
+)
+from forge_core.wire import sse
+
+
+class ChatMessage(BaseModel):
+    """One message; unknown fields are kept (``name``, ``reasoning_content``, vendor fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields forge reads. Everything else stays in the raw body and is passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolDef] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate a decoded JSON body; raise InvalidRequest naming the first bad field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(*describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
+    """A one-line message and the dotted field path of pydantic's first error."""
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "missing":
+        return f"Missing required field '{path}'.", path or None
+    return f"Invalid field '{path}': {err.get('msg', 'invalid value')}.", path or None
+
+
+def error_body(exc: ForgeError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": exc.message,
+            "type": exc.openai_type,
+            "param": exc.param,
+            "code": exc.code,
+        }
+    }
+
+
+def completion_body(turn: AssistantTurn, model: str, completion_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": turn.as_openai_message(),
+                "finish_reason": turn.finish_reason,
+                "logprobs": None,
+            }
+        ],
+    }
+    if turn.usage is not None:
+        body["usage"] = turn.usage.as_openai()
+    return body
+
+
+class ChunkWriter:
+    """Builds the JSON of each streamed chunk; one instance per response."""
+
+    __slots__ = ("_prefix", "_suffix")
+
+    def __init__(self, model: str, completion_id: str) -> None:
+        created = int(time.time())
+        # Every chunk shares the same envelope; splice the choice in rather than rebuilding it.
+        head = json.dumps(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+            }
+        )
+        self._prefix = head[:-1] + ', "choices": ['
+        self._suffix = "]}"
+
+    def _choice(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return self._prefix + json.dumps(choice) + self._suffix
+
+    def role(self) -> str:
+        return self._choice({"role": "assistant", "content": ""})
+
+    def text(self, text: str) -> str:
+        return self._choice({"content": text})
+
+    def reasoning(self, text: str) -> str:
+        return self._choice({"reasoning_content": text})
+
+    def tool_call(self, index: int, call: ToolCall) -> list[str]:
+        """Two deltas: the header (index, id, type, name) then the whole arguments string."""
+        head = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        args = {"index": index, "function": {"arguments": call.arguments}}
+        return [self._choice({"tool_calls": [head]}), self._choice({"tool_calls": [args]})]
+
+    def finish(self, finish_reason: str) -> str:
+        return self._choice({}, finish_reason)
+
+    def usage(self, usage: Usage) -> str:
+        return self._prefix + "]" + ', "usage": ' + json.dumps(usage.as_openai()) + "}"
+
+
+def new_completion_id() -> str:
+    return new_id("chatcmpl-")
+
+
+class OpenAIStreamEmitter:
+    """Turns engine events into OpenAI SSE bytes: one role chunk, deltas, one finish chunk."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self._chunks = ChunkWriter(model, new_completion_id())
+        self._include_usage = include_usage
+
+    def start(self) -> bytes:
+        return sse.data_line(self._chunks.role())
+
+    def emit(self, event: StreamEvent) -> bytes:
+        match event:
+            case TextDelta(text=text):
+                return sse.data_line(self._chunks.text(text))
+            case ReasoningDelta(text=text):
+                return sse.data_line(self._chunks.reasoning(text))
+            case ToolCallReady(index=index, call=call):
+                return b"".join(sse.data_line(c) for c in self._chunks.tool_call(index, call))
+            case KeepAlive():
+                return sse.KEEPALIVE
+            case Finished(finish_reason=reason, usage=usage):
+                out = sse.data_line(self._chunks.finish(reason))
+                if self._include_usage:
+                    out += sse.data_line(self._chunks.usage(usage or Usage()))
+                return out + sse.DONE
+        raise TypeError(f"unknown event {event!r}")  # pragma: no cover
+
+    def error(self, exc: ForgeError) -> bytes:
+        """An error after the 200 was sent: an in-stream error object, then [DONE]."""
+        return sse.data_line(json.dumps(error_body(exc))) + sse.DONE

@@ -1,0 +1,50 @@
+"""Registers the ``llamafile`` backend with forge."""
+
+from __future__ import annotations
+
+import click
+
+from forge_core.backend import BackendSettings, BackendSpec, Capabilities
+from forge_core.hookspecs import hookimpl
+from forge_llamafile.client import LlamafileClient
+
+OPTIONS = [
+    click.Option(["--server-bin"], help="llama-server or llamafile binary (managed mode)."),
+    click.Option(
+        ["--chat-template-file"],
+        help="Jinja chat template for llama-server (default for --model demo: a hermes-style "
+        "template that renders tools).",
+    ),
+    click.Option(
+        ["--num-ctx"], type=click.IntRange(min=256), help="Context size (-c) to launch with."
+    ),
+    click.Option(
+        ["--load-timeout"], type=float, default=180.0, show_default=True,
+        help="Seconds to wait for a managed server to become healthy.",
+    ),
+    click.Option(["--extra-flags"], default="", help="Extra llama-server flags (one string)."),
+]
+
+
+def make_client(settings: BackendSettings) -> LlamafileClient:
+    return LlamafileClient(settings)
+
+
+@hookimpl
+def forge_register_backends(register) -> None:  # type: ignore[no-untyped-def]
+    register(
+        BackendSpec(
+            name="llamafile",
+            description="llama.cpp llama-server / llamafile (OpenAI wire; managed or external)",
+            client_factory=make_client,
+            capabilities=Capabilities(
+                native_tools=True,
+                prompt_tools=True,
+                streaming=True,
+                constrained_decoding=True,
+                usage_reporting=True,
+                managed=True,
+            ),
+            cli_options=OPTIONS,
+        )
+    )
