@@ -69,6 +69,8 @@ class BackendSettings:
     capability: BackendCapability = "native"
     options: dict[str, Any] = field(default_factory=dict)
     """Values of the plugin's own CLI options, by parameter name."""
+    budget_mode: str = "backend"
+    """``--budget-mode``: backend, manual (the plugin's ``num_ctx``), forge-full or forge-fast."""
 
 
 @dataclass(slots=True)
@@ -108,6 +110,9 @@ class BackendClient(abc.ABC):
     """
 
     name: str = "backend"
+    tools_in_prompt: bool = False
+    """True when the client renders tools into the prompt (``--backend-capability prompt``): the
+    backend then answers calls as text, so the engine must parse text even with ``--no-rescue``."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once in the app's lifespan before serving (launch, discover, warm up)."""
@@ -166,3 +171,5 @@ class BackendSpec:
     default_url: str | None = None
     prompt_alternative: str | None = None
     """For a native-only backend: which plugin to use instead when prompt tools are needed."""
+    budget_modes: tuple[str, ...] = ("backend", "manual")
+    """``--budget-mode`` values the plugin honours; ``manual`` also needs a ``num_ctx`` option."""

@@ -183,6 +183,7 @@ def serve_command(ctx: click.Context, **opts: Any) -> None:
     logging.basicConfig(
         level=opts["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
     host: PluginHost = ctx.meta["forge.host"]
     spec: BackendSpec = ctx.meta["forge.spec"]
     plugin_opts = {o.name: opts.pop(o.name) for o in spec.cli_options if o.name in opts}

@@ -48,6 +48,12 @@ TIME_TOOL: dict[str, Any] = {
         },
     },
 }
+# What forge-vllm's constrained retry sends: vLLM 0.32 pins the argument schema of a forced call
+# only for tools marked strict (its --tool-strict-level defaults to "auto").
+STRICT_WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {**WEATHER_TOOL["function"], "strict": True},
+}
 ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 SAY_HELLO = [{"role": "user", "content": "Say hello in five words."}]
 # The readiness probe forge-vllm sends: cheap, and vLLM rejects it before generating anything
@@ -97,6 +103,19 @@ TOOLS_CASES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
         "/v1/chat/completions",
         chat(messages=ASK_WEATHER, tools=[WEATHER_TOOL, TIME_TOOL],
              tool_choice={"type": "function", "function": {"name": "get_weather"}},
+             max_tokens=256, **STREAM),
+    ),
+    "tool_call_strict_named": (
+        "POST",
+        "/v1/chat/completions",
+        chat(messages=ASK_WEATHER, tools=[STRICT_WEATHER_TOOL, TIME_TOOL],
+             tool_choice={"type": "function", "function": {"name": "get_weather"}},
+             max_tokens=256),
+    ),
+    "tool_call_strict_required_stream": (
+        "POST",
+        "/v1/chat/completions",
+        chat(messages=ASK_WEATHER, tools=[STRICT_WEATHER_TOOL], tool_choice="required",
              max_tokens=256, **STREAM),
     ),
     "tool_result_followup": (

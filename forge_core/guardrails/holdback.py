@@ -102,13 +102,18 @@ class _BraceScan:
 
 
 class _FenceScan:
-    """A code fence: info line, then a body that must start with JSON, then a closing fence."""
+    """A code fence: info line, then a body that must start with JSON or a call tag, then a
+    closing fence. Any other body is a code block."""
 
     _CLOSE = re.compile(r"\n[ \t]*```")
 
-    def __init__(self) -> None:
-        self.stage = 0  # 0: info string, 1: before the body, 2: JSON body until the close
+    def __init__(self, tags: Sequence[str]) -> None:
+        self.tags = tuple(tags)
+        self.longest = max((len(t) for t in self.tags), default=1)
+        self.stage = 0  # 0: info string, 1: start of the body, 2: call-like body until the close
         self.info = 0
+        self.head = ""  # the body's first characters, while they may still begin a tag
+        self.body_at = 0
         self.tail = ""
 
     def feed(self, chunk: str, offset: int) -> Step | None:
@@ -127,13 +132,19 @@ class _FenceScan:
                 return None
             self.stage, i = 1, newline + 1
         if self.stage == 1:
-            while i < n and chunk[i] in " \t\r\n":
-                i += 1
-            if i == n:
-                return None
-            if chunk[i] not in "{[":  # a code block: release it, it streams as prose
-                return ("release", offset + i, True)
-            self.stage, self.tail = 2, ""
+            if not self.head:
+                while i < n and chunk[i] in " \t\r\n":
+                    i += 1
+                if i == n:
+                    return None
+                self.body_at = offset + i
+            self.head = (self.head + chunk[i : i + self.longest])[: self.longest]
+            if self.head[0] in "{[" or any(self.head.startswith(t) for t in self.tags):
+                self.stage, self.tail = 2, ""
+            elif any(t.startswith(self.head) for t in self.tags):
+                return None  # "<tool_" so far: wait for more
+            else:  # a code block: release it, it streams as prose
+                return ("release", self.body_at, True)
         window = self.tail + chunk[i:]
         match = self._CLOSE.search(window)
         if match is not None:
@@ -360,7 +371,7 @@ class HoldBack:
         if marker in BRACES:
             scanner = _BraceScan(marker)
         elif marker == FENCE:
-            scanner = _FenceScan()
+            scanner = _FenceScan([t for t in self._tags if t != FENCE])
         else:
             scanner = _TagScan(marker)
         hold = _Hold(marker, scanner, parts=[text], size=len(text))

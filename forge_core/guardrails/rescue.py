@@ -249,11 +249,6 @@ def find_mistral(text: str, names: frozenset[str]) -> list[Hit]:
     return hits
 
 
-_PYTHON_TAG = "<|python_tag|>"
-_LLAMA_END = re.compile(r"\s*(?:<\|eom_id\|>|<\|eot_id\|>)")
-_BUILTIN_CALL = re.compile(r"[A-Za-z_]\w*\.call\(")
-
-
 def _mistral_named(text: str, cursor: int, names: frozenset[str]) -> tuple[list[RescuedCall], int]:
     """``name[ARGS]{...}`` calls from ``cursor``; a follow-up call needs its explicit ``[ARGS]``."""
     calls: list[RescuedCall] = []
@@ -273,19 +268,28 @@ def _mistral_named(text: str, cursor: int, names: frozenset[str]) -> tuple[list[
     return calls, end
 
 
+_PYTHON_TAG = "<|python_tag|>"
+_LLAMA_END = re.compile(r"\s*(?:<\|eom_id\|>|<\|eot_id\|>)")
+_BUILTIN_CALL = re.compile(r"[A-Za-z_]\w*\.call\(")
+
+
 def find_python_tag(text: str, names: frozenset[str]) -> list[Hit]:
     """Llama 3.x ``<|python_tag|>{"name": ..., "parameters": {...}}`` (several joined by ``;``)
     and the built-in-tool form ``<|python_tag|>name.call(key="value")``."""
     hits: list[Hit] = []
     pos = 0
-    next_newline = _Next(text, "\n")
+    next_newline, next_tag = _Next(text, "\n"), _Next(text, _PYTHON_TAG)
     while (start := text.find(_PYTHON_TAG, pos)) != -1:
         cursor = _skip(text, start + len(_PYTHON_TAG))
         calls, end = call_run(text, cursor, names)
         if not calls and _BUILTIN_CALL.match(text, cursor):
+            # The call ends its line; never hand the parser more than one short line.
             line_end = next_newline(cursor)
             line_end = len(text) if line_end == -1 else line_end
-            call = _python_call(text[cursor:line_end], names)
+            following = next_tag(cursor)
+            if following != -1:
+                line_end = min(line_end, following)
+            call = _python_call(text[cursor:line_end], names) if line_end - cursor < 4096 else None
             calls, end = ([call], line_end) if call is not None else ([], end)
         if calls:
             closing = _LLAMA_END.match(text, end)
@@ -471,8 +475,22 @@ def rescue(
             hits = _run(parser, clean, names)
             if hits:
                 calls = [call for _, _, found in hits for call in found]
-                return calls, _cut(clean, [(s, e) for s, e, _ in hits])
+                return calls, _cut(clean, [_widen(clean, s, e) for s, e, _ in hits])
     return [], clean.strip()
+
+
+_FENCE_BEFORE = re.compile(r"```[\w.+-]*[ \t]*\r?\n\s*\Z")
+_FENCE_AFTER = re.compile(r"\s*```")
+
+
+def _widen(text: str, start: int, end: int) -> tuple[int, int]:
+    """Include a code fence wrapped around the markup (```xml <tool_call>...``` leaves no
+    empty fence behind in the prose)."""
+    before = _FENCE_BEFORE.search(text, max(0, start - 40), start)
+    after = _FENCE_AFTER.match(text, end)
+    if before is not None and after is not None:
+        return before.start(), after.end()
+    return start, end
 
 
 def _cut(text: str, spans: list[tuple[int, int]]) -> str:

@@ -175,12 +175,12 @@ def validate_call(call: ToolCall, index: ToolIndex, position: int) -> list[Probl
     if validator is None:
         return []
     try:
-        errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+        errors = list(validator.iter_errors(arguments))
     except Exception as exc:  # an unresolvable $ref, a broken regex: the schema's fault
         index.notes[call.name] = f"schema could not be applied ({_first_line(exc)}); not enforced"
         return []
     messages: list[str] = []
-    for error in errors:
+    for error in sorted(errors, key=lambda e: [str(part) for part in e.absolute_path]):
         text = f"tool {call.name!r}: {describe_error(error)}"
         if text not in messages:
             messages.append(text)
@@ -277,18 +277,17 @@ def describe_error(error: ValidationError) -> str:
         return f"{where} must be {schema_summary(error.schema)}, got {show(instance)}"
     bound = _BOUNDS.get(str(keyword))
     if bound is not None:
-        measured = len(instance) if isinstance(instance, str | list | dict) else instance
-        unit = (
-            ""
-            if not isinstance(instance, str | list | dict)
-            else (" characters" if isinstance(instance, str) else " items")
-        )
-        return f"{where} must be {bound} {show(value)}{unit}, got {show(measured)}"
+        units = _UNITS.get(type(instance))
+        if units is not None:
+            unit = units[0] if value == 1 else units[1]
+            return f"{where} must have {bound} {show(value)} {unit}, got {len(instance)}"
+        return f"{where} must be {bound} {show(value)}, got {show(instance)}"
     if keyword == "pattern":
         return f"{where} must match the pattern {show(value)}, got {show(instance)}"
     return f"{where}: {_first_line(error)}"
 
 
+_UNITS = {str: ("character", "characters"), list: ("item", "items"), dict: ("key", "keys")}
 _BOUNDS = {
     "minimum": ">=",
     "maximum": "<=",

@@ -10,6 +10,9 @@ speaks Anthropic (the forge-anthropic plugin).
 Translation choices (documented because they lose information on purpose):
 
 * Several text blocks of one turn, and a list-form ``system``, are joined with a blank line.
+* A ``system`` message inside ``messages`` (Claude Code's mid-conversation system beta) joins
+  the system prompt when only system text precedes it, else stays in place as an OpenAI
+  ``system`` message (as an OpenAI client would send it).
 * ``thinking`` and ``redacted_thinking`` blocks in the history are dropped: they are the model's
   private scratch space, carry signatures only Anthropic can verify, and must never leak into
   the text a local model sees.
@@ -169,7 +172,8 @@ ToolResultBlock.model_rebuild()
 
 
 class Message(_Open):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
+    """``system`` mid-conversation is what Claude Code sends (beta mid-conversation-system)."""
     content: str | list[ContentBlock]
 
 
@@ -407,6 +411,33 @@ def _assistant_message(content: str | list[Any]) -> dict[str, Any]:
     return message
 
 
+def _plain_text(content: str | list[Any]) -> str:
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for block in content:
+        if isinstance(block, TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, OtherBlock) and (text := _other_text(block)) is not None:
+            texts.append(text)
+    return BLOCK_SEPARATOR.join(t for t in texts if t)
+
+
+def _add_system_message(messages: list[dict[str, Any]], text: str) -> None:
+    """A ``system`` message from the list: joins the system prompt while nothing else came
+    before it (templates read only the first message as the system prompt), else stays in place
+    as an OpenAI system message (what an OpenAI client would send; forwarded as-is)."""
+    if not text:
+        return
+    if all(m["role"] == "system" for m in messages):
+        if messages:
+            messages[0]["content"] += BLOCK_SEPARATOR + text
+        else:
+            messages.append({"role": "system", "content": text})
+        return
+    messages.append({"role": "system", "content": text})
+
+
 def system_text(system: str | list[TextBlock] | None) -> str:
     """The system prompt as one string ("" when absent)."""
     if system is None:
@@ -458,8 +489,10 @@ def to_openai_request(req: CountTokensRequest) -> dict[str, Any]:
     for message in req.messages:
         if message.role == "user":
             messages.extend(_user_messages(message.content))
-        else:
+        elif message.role == "assistant":
             messages.append(_assistant_message(message.content))
+        else:
+            _add_system_message(messages, _plain_text(message.content))
 
     body: dict[str, Any] = {"model": req.model, "messages": messages}
     if isinstance(req, MessagesRequest):

@@ -73,7 +73,7 @@ def test_parse_requires_max_tokens_but_count_tokens_does_not() -> None:
     ("body", "param"),
     [
         (_req(messages=[]), "messages"),
-        (_req(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
+        (_req(messages=[{"role": "robot", "content": "x"}]), "messages.0.role"),
         (_req(tools=[{"name": "t"}]), "tools.0"),
         (_req(tool_choice={"type": "tool"}), "tool_choice"),
         (_req(max_tokens=0), "max_tokens"),

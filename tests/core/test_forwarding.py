@@ -76,7 +76,8 @@ async def test_sse_framing_and_headers() -> None:
     chunks = [json.loads(b[6:]) for b in raw.split(b"\n\n")[:-2]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text == "alpha beta gamma"
-    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks]
+    finishes = [f for f in finishes if f]
     assert finishes == ["stop"]
 
 

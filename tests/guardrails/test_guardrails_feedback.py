@@ -124,14 +124,18 @@ def test_named_choice_violation_is_attached_to_the_last_tool_result() -> None:
     assert any(line.startswith("Expected arguments: search(query: string") for line in lines)
 
 
-def test_no_problems_no_messages_and_turn_untouched() -> None:
+def test_no_problems_means_no_messages() -> None:
     turn = AssistantTurn(tool_calls=[ToolCall("c1", "list_files", "")])
-    before = copy.deepcopy(turn)
     assert corrective_messages(turn, [], INDEX) == []
-    messages_for_bad = AssistantTurn(tool_calls=[ToolCall("c1", "nope", "")])
-    corrective_messages(messages_for_bad, validate_turn(messages_for_bad, INDEX, "auto"), INDEX)
+
+
+def test_the_failed_turn_is_never_mutated() -> None:
+    turn = AssistantTurn(
+        content="x", tool_calls=[ToolCall("c1", "nope", ""), ToolCall("c1", "search", "{")]
+    )
+    before = copy.deepcopy(turn)
+    corrective_messages(turn, validate_turn(turn, INDEX, "required"), INDEX)
     assert turn == before
-    assert messages_for_bad.tool_calls[0].arguments == ""
 
 
 def test_signature_handles_odd_schemas() -> None:

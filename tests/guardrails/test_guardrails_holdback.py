@@ -248,9 +248,7 @@ def test_long_held_call_is_accumulated_exactly() -> None:
 
 
 def test_closing_tag_inside_a_json_string_does_not_end_the_call() -> None:
-    call = (
-        '<tool_call>{"name": "search", "arguments": {"query": "a </tool_call> b"}}</tool_call>'
-    )
+    call = '<tool_call>{"name": "search", "arguments": {"query": "a </tool_call> b"}}</tool_call>'
     emitted, held = run(chars(f"Writing.\n{call}"))
     assert emitted == "Writing.\n"
     assert held == call
@@ -260,3 +258,28 @@ def test_malformed_json_in_a_tag_falls_back_to_the_closing_tag() -> None:
     text = "<tool_call>{'name': 'search'}</tool_call> after"
     emitted, held = run(chars(text))
     assert emitted == text and held == ""
+
+
+def test_fenced_tag_call_is_held() -> None:
+    call = f"```xml\n<tool_call>\n{CALL_JSON}\n</tool_call>\n```"
+    emitted, held = run(chars(f"Here:\n{call}"))
+    assert emitted == "Here:\n"
+    assert held == call
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "```html\n<!DOCTYPE html>\n<p>hi</p>\n```\n",
+        "```\n```\n",
+        "```text\n<tool>not a marker</tool>\n```\n",
+    ],
+)
+def test_code_blocks_that_only_look_like_tags_stream(block: str) -> None:
+    holdback = HoldBack(MARKERS)
+    text = block + "After the block.\n"
+    emitted = ""
+    for c in text:
+        emitted += holdback.feed(c) + holdback.release_if_resolved(NAMES)
+    assert emitted == text
+    assert not holdback.holding

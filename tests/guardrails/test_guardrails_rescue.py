@@ -196,3 +196,10 @@ def test_call_from_object_accepts_empty_argument_string() -> None:
     assert call_from_object({"name": "list_files", "arguments": ""}, NAMES) == RescuedCall(
         "list_files", {}
     )
+
+
+def test_a_fence_around_tag_markup_is_removed_with_it() -> None:
+    text = f"Here:\n```xml\n<tool_call>\n{CALL}\n</tool_call>\n```\nDone."
+    calls, prose = rescue(text, NAMES, BUILTIN_PARSERS)
+    assert calls == [RescuedCall("search", {"query": "q"})]
+    assert prose == "Here:\n\nDone."

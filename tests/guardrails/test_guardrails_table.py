@@ -343,7 +343,7 @@ CASES = [
         "schema-min-length",
         '{"name": "search", "arguments": {"query": ""}}',
         calls=[("search", {"query": ""})],
-        problems=["tool 'search': argument 'query' must be at least 1 characters, got 0"],
+        problems=["tool 'search': argument 'query' must have at least 1 character, got 0"],
     ),
     Case(
         "schema-any-of",

@@ -204,3 +204,65 @@ def test_argument_path() -> None:
 )
 def test_required_tool(choice: object, expected: tuple[bool, str | None]) -> None:
     assert required_tool(choice) == expected
+
+
+@pytest.mark.parametrize(
+    ("schema", "arguments", "message"),
+    [
+        (
+            {"properties": {"ids": {"type": "array", "maxItems": 2}}},
+            '{"ids": [1, 2, 3]}',
+            "argument 'ids' must have at most 2 items, got 3",
+        ),
+        (
+            {"properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}}},
+            '{"code": "abc"}',
+            "argument 'code' must match the pattern '^[A-Z]{3}$', got 'abc'",
+        ),
+        (
+            {"properties": {"kind": {"const": "file"}}},
+            '{"kind": "dir"}',
+            "argument 'kind' must be 'file', got 'dir'",
+        ),
+        (
+            {"properties": {"n": {"type": "number", "exclusiveMinimum": 0}}},
+            '{"n": 0}',
+            "argument 'n' must be > 0, got 0",
+        ),
+        (
+            {"properties": {"v": {"type": ["string", "null"]}}},
+            '{"v": 1.5}',
+            "argument 'v' must be of type string or null, got number 1.5",
+        ),
+        (
+            {"minProperties": 1},
+            "{}",
+            "arguments must have at least 1 key, got 0",
+        ),
+        (
+            {
+                "properties": {
+                    "rows": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"id": {"type": "integer"}},
+                            "required": ["id"],
+                        },
+                    }
+                }
+            },
+            '{"rows": [{"id": 1}, {}]}',
+            "missing required argument 'rows[1].id'",
+        ),
+        (
+            {"properties": {"x": {"not": {"type": "string"}}}},
+            '{"x": "s"}',
+            "argument 'x': 's' should not be valid under {'type': 'string'}",
+        ),
+    ],
+)
+def test_schema_error_wording(schema: dict[str, object], arguments: str, message: str) -> None:
+    index = ToolIndex([{"name": "t", "parameters": {"type": "object", **schema}}])
+    problems = validate_call(_call("t", arguments), index, 0)
+    assert [p.message for p in problems] == [f"tool 't': {message}"]

@@ -62,7 +62,9 @@ class VllmClient(OpenAIWireClient):
                 "managed vLLM needs --model PATH_OR_REPO; or pass --backend-url for a running "
                 "vLLM server"
             )
-        if model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+        if model.startswith("~"):
+            model = str(Path(model).expanduser())  # vLLM would take "~" literally
+        if model.startswith(("/", ".")) and not Path(model).exists():
             raise PluginError(f"--model {model}: no such model directory")
         port = opts.get("vllm_port") or free_port()
         base_url = f"http://127.0.0.1:{port}"
@@ -204,20 +206,25 @@ class VllmClient(OpenAIWireClient):
         return body
 
     def constrain_retry(self, body: dict[str, Any], tool: dict[str, Any] | None) -> dict[str, Any]:
-        """Force a call with ``tool_choice``: the named tool, or "required" for any tool.
+        """Force a valid call: ``tool_choice`` names the tool ("required" when None), strict.
 
-        vLLM turns both into structured output, so the answer parses as a call (given a
-        ``max_tokens`` large enough for the arguments).
+        A forced ``tool_choice`` makes vLLM constrain the output to a call of that tool, but
+        vLLM 0.32 pins the arguments to the tool's JSON schema only for tools marked
+        ``"strict": true`` (its ``--tool-strict-level`` defaults to "auto"); recorded, the
+        135M model otherwise wrote an object where the schema wants a string. So the targeted
+        tool goes out strict, on a copy; the client's own objects are not modified.
         """
         out = dict(body)
+        tools = list(out.get("tools") or [])
         if tool is None:
             out["tool_choice"] = "required"
+            out["tools"] = [_strict(t) for t in tools]
             return out
-        name = tool.get("function", {}).get("name")
+        name = _tool_name(tool)
         out["tool_choice"] = {"type": "function", "function": {"name": name}}
-        tools = list(out.get("tools") or [])
-        if not any(t.get("function", {}).get("name") == name for t in tools):
-            out["tools"] = [*tools, tool]  # vLLM rejects a named choice absent from tools
+        if not any(_tool_name(t) == name for t in tools):
+            tools.append(tool)  # vLLM rejects a named choice absent from tools
+        out["tools"] = [_strict(t) if _tool_name(t) == name else t for t in tools]
         return out
 
     async def count_tokens(self, body: dict[str, Any]) -> int | None:
@@ -236,3 +243,17 @@ class VllmClient(OpenAIWireClient):
             return None
         count = data.get("count") if isinstance(data, dict) else None
         return count if isinstance(count, int) else None
+
+
+def _tool_name(tool: Any) -> str | None:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _strict(tool: Any) -> Any:
+    """A copy of an OpenAI function tool with ``strict: true``, unless it says false."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(function, dict) or function.get("strict") is False:
+        return tool
+    return {**tool, "function": {**function, "strict": True}}

@@ -258,22 +258,51 @@ async def test_short_key_is_sent_as_the_served_wire_name() -> None:
 # --- constrained retry and token counting -----------------------------------------------------
 
 
-def test_constrain_retry_names_the_tool_or_requires_any() -> None:
+def test_constrain_retry_names_the_tool_and_makes_it_strict() -> None:
+    client = external_client(FakeVllm({}), model=SERVED)
+    rec = recording("tool_call_named")
+    assert rec.request is not None
+    weather, clock = rec.request["tools"]
+    body = {**rec.request, "tool_choice": "auto"}
+    named = client.constrain_retry(body, weather)
+    assert named["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert named["tools"][0]["function"] == {**weather["function"], "strict": True}
+    assert named["tools"][1] is clock  # other tools go out as the client sent them
+    # The client's objects are untouched: a retry must not leak into the next attempt.
+    assert body["tool_choice"] == "auto" and "strict" not in weather["function"]
+    # Exactly the request recorded as tool_call_strict_named.
+    assert named == recording("tool_call_strict_named").request
+
+
+def test_constrain_retry_without_a_tool_requires_any_strict_call() -> None:
     client = external_client(FakeVllm({}), model=SERVED)
     tool = weather_tool()
-    body = {"model": SERVED, "messages": [], "tools": [tool], "tool_choice": "auto"}
-    named = client.constrain_retry(body, tool)
-    assert named["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
-    assert named["tools"] is body["tools"]  # the client's tool list, untouched
-    assert client.constrain_retry(body, None)["tool_choice"] == "required"
-    assert body["tool_choice"] == "auto"  # the input is not modified
+    loose = {**tool, "function": {**tool["function"], "strict": False}}
+    out = client.constrain_retry({"messages": [], "tools": [tool, loose]}, None)
+    assert out["tool_choice"] == "required"
+    assert out["tools"][0]["function"]["strict"] is True
+    assert out["tools"][1] is loose  # an explicit strict: false is the client's decision
 
 
 def test_constrain_retry_adds_a_named_tool_missing_from_tools() -> None:
     client = external_client(FakeVllm({}), model=SERVED)
     tool = weather_tool()
     out = client.constrain_retry({"messages": [], "tools": []}, tool)
-    assert out["tools"] == [tool]
+    assert [t["function"]["name"] for t in out["tools"]] == ["get_weather"]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_strict_forced_call_has_schema_valid_arguments(streamed: bool) -> None:
+    name = "tool_call_strict_required_stream" if streamed else "tool_call_strict_named"
+    fake = FakeVllm(with_flags(name))
+    client = external_client(fake, model=SERVED)
+    if streamed:
+        calls = assemble(await collect(client, request_of(name)))
+        arguments = calls[0]["arguments"]
+    else:
+        arguments = (await client.complete(request_of(name))).tool_calls[0].arguments
+    await client.aclose()
+    assert json.loads(arguments) == {"city": "Paris"}
 
 
 async def test_count_tokens_uses_vllm_tokenize_with_tools() -> None:

@@ -134,11 +134,16 @@ async def test_required_tool_call_streamed(vllm: VllmClient) -> None:
     assert finishes == ["tool_calls"]
 
 
-async def test_constrained_retry_names_the_tool(vllm: VllmClient) -> None:
+@pytest.mark.parametrize("target", [WEATHER_TOOL, None])
+async def test_constrained_retry_gives_schema_valid_arguments(
+    vllm: VllmClient, target: dict[str, Any] | None
+) -> None:
     request = weather_request("auto")
-    body = vllm.constrain_retry(request.body, WEATHER_TOOL)
+    body = vllm.constrain_retry(request.body, target)
     turn = await vllm.complete(BackendRequest(body=body, verbatim=False, attempt=1))
     assert [call.name for call in turn.tool_calls] == ["get_weather"]
+    arguments = json.loads(turn.tool_calls[0].arguments)
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
 
 
 async def test_count_tokens_matches_the_prompt_usage(vllm: VllmClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 
@@ -61,3 +62,21 @@ def test_managed_mode_rejects_a_missing_local_directory(tmp_path: Path) -> None:
     settings = BackendSettings(backend_url=None, model=str(tmp_path / "absent"), timeout=5.0)
     with pytest.raises(PluginError, match="no such model directory"):
         VllmClient(settings)
+
+
+def test_managed_mode_expands_home_in_the_model_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    settings = BackendSettings(
+        backend_url=None,
+        model="~/models/tiny",
+        timeout=5.0,
+        options={"vllm_python": sys.executable},
+    )
+    client = VllmClient(settings)
+    assert client.process is not None
+    argv = client.process.argv
+    assert argv[argv.index("--model") + 1] == str(tmp_path / "models" / "tiny")
+    assert [m.key for m in client.models()] == ["tiny"]
