@@ -11,6 +11,7 @@ selects the :class:`Plan` registered under NAME (see :data:`PLANS`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -89,8 +90,8 @@ def plans(chunks: int = 24, first_delay: float = 0.0, interval: float = 0.0) -> 
     prose = [words[i % len(words)] for i in range(chunks)]
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     call_pieces = [call[i:i + 12] for i in range(0, len(call), 12)]
-    intro = words_of("Let me look that up for you. ")
-    code = words_of("```python\nprint('hello')\n```\nThat prints a greeting.")
+    intro = words_of("Let me look that up for you.")
+    code = ["```", "python\n", "print(", "'hello')\n", "```\n", *words_of("That prints hello.")]
     return {
         "plain": text_plan(prose, **timing),
         "tools": tool_plan("get_weather", {"city": "Paris", "unit": "c"}, **timing),
@@ -178,7 +179,7 @@ class FakeBackend:
                     models = {"object": "list", "data": [{"id": MODEL, "object": "model"}]}
                     writer.write(_response("200 OK", json.dumps(models).encode()))
                 elif path == "/props":
-                    props = {"default_generation_settings": {"n_ctx": 4096}}
+                    props = {"default_generation_settings": {"n_ctx": 131072}}
                     writer.write(_response("200 OK", json.dumps(props).encode()))
                 elif path == "/health":
                     writer.write(_response("200 OK", b'{"status":"ok"}'))
@@ -287,10 +288,8 @@ class RawClient:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(ConnectionError):
                 await self._writer.wait_closed()
-            except ConnectionError:
-                pass
         self._reader = self._writer = None
 
 
@@ -336,7 +335,9 @@ def spawn(argv: list[str], *, quiet: bool = True) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
 
 
-async def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+async def wait_ready(
+    port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30
+) -> None:
     """Poll GET ``path`` until it answers 200; fail if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -396,10 +397,55 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, Python {py}"
 
 
-def forge_argv(backend_port: int, port: int, *extra: str) -> list[str]:
-    """The real CLI: ``forge serve --plugin llamafile`` in external mode at the fake backend."""
+def forge_argv(backend_port: int, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The real CLI: ``forge serve --plugin llamafile`` in external mode at the fake backend,
+    with forge's defaults (``extra`` adds options, such as ``--log-level warning``)."""
     return [
         sys.executable, "-c", "from forge_core.cli import main; main()", "serve",
         "--plugin", "llamafile", "--backend-url", f"http://127.0.0.1:{backend_port}",
-        "--model", MODEL, "--port", str(port), "--log-level", "warning", *extra,
+        "--model", MODEL, "--port", str(port), *extra,
     ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by all threads of a process, from the scheduler's ns counters."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended between listing and reading
+    return total / 1e9
+
+
+def backend_argv(
+    port: int, chunks: int, first_delay: float = 0.0, interval: float = 0.0
+) -> list[str]:
+    """The command that runs the fake backend in its own process."""
+    return [
+        sys.executable, os.path.abspath(__file__), "--port", str(port), "--chunks", str(chunks),
+        "--first-delay", str(first_delay), "--interval", str(interval),
+    ]
+
+
+def main() -> None:
+    """Run the fake backend (the benchmarks start it in its own process with this)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="forge's benchmark fake OpenAI backend")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--chunks", type=int, default=24)
+    parser.add_argument("--first-delay", type=float, default=0.0)
+    parser.add_argument("--interval", type=float, default=0.0)
+    args = parser.parse_args()
+    backend = FakeBackend(plans(args.chunks, args.first_delay, args.interval))
+    asyncio.run(serve_backend(args.port, backend))
+
+
+if __name__ == "__main__":
+    main()

@@ -27,16 +27,15 @@ from typing import Any
 
 from benchlib import (
     MODEL,
-    FakeBackend,
     RawClient,
+    backend_argv,
+    cpu_seconds,
     forge_argv,
     free_port,
     loadavg,
     machine,
     memory_kb,
     percentile,
-    plans,
-    serve_backend,
     spawn,
     sse_events,
     stop,
@@ -45,6 +44,8 @@ from benchlib import (
 
 TARGETS = ("direct", "passthrough", "forge")
 SCENARIOS = ("plain", "plain-stream", "tools", "tools-stream")
+EXTRA_SCENARIOS = ("large",)
+"""Not run by default: name them with --scenarios."""
 
 WEATHER = {
     "type": "function",
@@ -91,13 +92,32 @@ READ_FILE = {
 }
 
 
+def history(size: int) -> list[dict[str, Any]]:
+    """About ``size`` bytes of an agent's earlier turns: file reads and their results."""
+    turns: list[dict[str, Any]] = []
+    line = "    return sorted(items, key=lambda item: (item.priority, item.name))\n"
+    i = 0
+    while sum(len(json.dumps(t)) for t in turns) < size:
+        call_id = f"call_{i:04d}"
+        turns.append({"role": "user", "content": f"Now look at module {i} and explain it."})
+        turns.append({"role": "assistant", "content": None, "tool_calls": [{
+            "id": call_id, "type": "function",
+            "function": {"name": "read_file", "arguments": json.dumps({"path": f"src/m{i}.py"})},
+        }]})
+        turns.append({"role": "tool", "tool_call_id": call_id, "content": line * 60})
+        i += 1
+    return turns
+
+
 def request_body(scenario: str) -> bytes:
-    """The client's request for a scenario: a short chat, with three tools for ``tools*``."""
+    """The client's request for a scenario: a short chat, with three tools for ``tools*``;
+    ``large`` is a prose request carrying about 100 kB of agent history."""
     tools = scenario.startswith("tools")
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": [
             {"role": "system", "content": "You are a helpful assistant."},
+            *(history(100_000) if scenario == "large" else []),
             {"role": "user", "content": "bench:tools" if tools else "bench:plain"},
         ],
         "temperature": 0.2,
@@ -145,24 +165,39 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    proxy_cpu_us: float
+    """CPU time of the proxy process (forge or passthrough) per request, in microseconds."""
+    backend_cpu_us: float
+
+
+@dataclass
+class Window:
+    """What one measured window saw: completions, errors, latencies, CPU used per process."""
+
+    done: int
+    errors: int
+    latencies: list[float]
+    cpu: dict[int, float]
 
 
 async def load(
-    port: int, scenario: str, concurrency: int, duration: float, warmup: float
-) -> tuple[int, int, list[float]]:
+    port: int, scenario: str, concurrency: int, duration: float, warmup: float,
+    pids: list[int],
+) -> Window:
     """Closed-loop load: ``concurrency`` connections each sending back-to-back requests.
 
-    Returns (completed in the measured window, errors, latencies in seconds of those).
+    Requests completing inside the measured window count for throughput; those that also
+    started inside it give the latencies. The CPU time of ``pids`` is read at the window's ends.
     """
     body = request_body(scenario)
     streamed = scenario.endswith("-stream")
     start = time.perf_counter() + warmup
     end = start + duration
     latencies: list[float] = []
-    errors = 0
+    done = errors = 0
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal done, errors
         client = RawClient("127.0.0.1", port)
         try:
             while True:
@@ -173,13 +208,21 @@ async def load(
                     return
                 if reply.status != 200 or (streamed and not reply.chunks):
                     errors += 1
-                elif t0 >= start:
-                    latencies.append(t1 - t0)
+                elif t1 >= start:
+                    done += 1
+                    if t0 >= start:
+                        latencies.append(t1 - t0)
         finally:
             await client.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(latencies), errors, latencies
+    async def sampler() -> dict[int, float]:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        before = {pid: cpu_seconds(pid) for pid in pids}
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        return {pid: cpu_seconds(pid) - before[pid] for pid in pids}
+
+    cpu, *_ = await asyncio.gather(sampler(), *(worker() for _ in range(concurrency)))
+    return Window(done, errors, latencies, cpu)
 
 
 async def verify(port: int, scenario: str) -> None:
@@ -193,38 +236,51 @@ async def verify(port: int, scenario: str) -> None:
         raise RuntimeError(f"{scenario} on port {port}: {problem}")
 
 
-async def measure(args: argparse.Namespace, ports: dict[str, int]) -> list[Result]:
+async def measure(
+    args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int]
+) -> list[Result]:
     results: list[Result] = []
+    backend = pids["direct"]
     for scenario in args.scenarios:
         for target in args.targets:
             await verify(ports[target], scenario)
         for concurrency in args.concurrency:
             # Targets are interleaved, and each repeat goes round all of them, so a change in
             # the machine's load hits every target rather than skewing one.
-            runs: dict[str, list[tuple[int, int, list[float]]]] = {t: [] for t in args.targets}
+            runs: dict[str, list[Window]] = {t: [] for t in args.targets}
             for _ in range(args.repeat):
                 for target in args.targets:
                     runs[target].append(
                         await load(ports[target], scenario, concurrency, args.duration,
-                                   args.warmup)
+                                   args.warmup, sorted({pids[target], backend}))
                     )
             for target in args.targets:
-                done = sum(r[0] for r in runs[target])
-                errors = sum(r[1] for r in runs[target])
-                rps = statistics.median(r[0] / args.duration for r in runs[target])
-                lat = [x for r in runs[target] for x in r[2]]
+                windows = runs[target]
+                done = sum(w.done for w in windows)
+                lat = [x for w in windows for x in w.latencies]
+
                 result = Result(
-                    scenario, target, concurrency, done, errors, rps,
+                    scenario, target, concurrency, done, sum(w.errors for w in windows),
+                    statistics.median(w.done / args.duration for w in windows),
                     percentile(lat, 50) * 1000, percentile(lat, 99) * 1000,
+                    cpu_per_request(windows, pids[target]) if target != "direct" else 0.0,
+                    cpu_per_request(windows, backend),
                 )
                 results.append(result)
                 print(
-                    f"  {scenario:<13} c={concurrency:<3} {target:<12} {rps:8.0f} req/s  "
-                    f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-                    + (f"  ERRORS {errors}" if errors else ""),
+                    f"  {scenario:<13} c={concurrency:<3} {target:<12} {result.rps:8.0f} req/s  "
+                    f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                    f"proxy CPU {result.proxy_cpu_us:6.0f} us/req"
+                    + (f"  ERRORS {result.errors}" if result.errors else ""),
                     flush=True,
                 )
     return results
+
+
+def cpu_per_request(windows: list[Window], pid: int) -> float:
+    """Microseconds of ``pid``'s CPU per completed request over ``windows``."""
+    done = sum(w.done for w in windows)
+    return sum(w.cpu[pid] for w in windows) / max(done, 1) * 1e6
 
 
 def find(results: list[Result], scenario: str, target: str, c: int) -> Result | None:
@@ -234,21 +290,32 @@ def find(results: list[Result], scenario: str, target: str, c: int) -> Result | 
     return None
 
 
-def report(args: argparse.Namespace, results: list[Result], memory: dict[str, Any]) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace, results: list[Result], memory: dict[str, Any]
+) -> dict[str, Any]:
     """Print the table and ratios; return them for --json."""
     print()
-    print(f"{'scenario':<13} {'c':>3} {'target':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'scenario':<13} {'c':>3} {'target':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'proxy CPU us/req':>17}"
+    )
     for r in results:
+        cpu = f"{r.proxy_cpu_us:17.0f}" if r.target != "direct" else f"{'-':>17}"
         print(
             f"{r.scenario:<13} {r.concurrency:>3} {r.target:<12} {r.rps:8.0f} "
-            f"{r.p50_ms:8.2f} {r.p99_ms:8.2f}" + (f"  errors={r.errors}" if r.errors else "")
+            f"{r.p50_ms:8.2f} {r.p99_ms:8.2f} {cpu}"
+            + (f"  errors={r.errors}" if r.errors else "")
         )
     lo, hi = min(args.concurrency), max(args.concurrency)
     ratios: list[dict[str, Any]] = []
-    print()
     print(
-        f"{'scenario':<13} {'pass+ p50':>10} {'forge+ p50':>11} {'forge-pass':>11} "
-        f"{'forge/pass rps':>15}   (added latency at c={lo} vs direct; throughput at c={hi})"
+        f"\nAdded p50 latency at c={lo} over direct, ms (target: forge - passthrough <= 1 ms); "
+        f"forge throughput at c={hi} as a share of the passthrough's (target >= 80%); "
+        f"proxy CPU per request, forge / passthrough, at c={hi}:"
+    )
+    print(
+        f"{'scenario':<13} {'passthrough':>11} {'forge':>7} {'forge-pass':>11} {'rps share':>10} "
+        f"{'CPU ratio':>10}"
     )
     for scenario in args.scenarios:
         d, p, f = (find(results, scenario, t, lo) for t in ("direct", "passthrough", "forge"))
@@ -262,27 +329,32 @@ def report(args: argparse.Namespace, results: list[Result], memory: dict[str, An
             row["forge_over_passthrough_p50_ms"] = f.p50_ms - p.p50_ms
         if ph and fh:
             row["forge_rps_share"] = fh.rps / ph.rps
+            row["forge_cpu_ratio"] = fh.proxy_cpu_us / ph.proxy_cpu_us
         ratios.append(row)
 
         def cell(key: str, fmt: str, width: int, row: dict[str, Any] = row) -> str:
             return format(row[key], fmt).rjust(width) if key in row else "-".rjust(width)
 
-        latency_ok = row.get("forge_over_passthrough_p50_ms", 0) <= 1.0
-        share_ok = row.get("forge_rps_share", 1) >= 0.8
+        verdicts = []
+        if "forge_over_passthrough_p50_ms" in row:
+            ok = row["forge_over_passthrough_p50_ms"] <= 1.0
+            verdicts.append("latency " + ("ok" if ok else "MISSED"))
+        if "forge_rps_share" in row:
+            verdicts.append("throughput " + ("ok" if row["forge_rps_share"] >= 0.8 else "MISSED"))
         print(
-            f"{scenario:<13} {cell('passthrough_added_p50_ms', '.2f', 10)} "
-            f"{cell('forge_added_p50_ms', '.2f', 11)} "
+            f"{scenario:<13} {cell('passthrough_added_p50_ms', '.2f', 11)} "
+            f"{cell('forge_added_p50_ms', '.2f', 7)} "
             f"{cell('forge_over_passthrough_p50_ms', '+.2f', 11)} "
-            f"{cell('forge_rps_share', '.0%', 15)}   "
-            f"latency {'ok' if latency_ok else 'MISSED'}, throughput {'ok' if share_ok else 'MISSED'}"
+            f"{cell('forge_rps_share', '.0%', 10)} {cell('forge_cpu_ratio', '.2f', 10)}   "
+            + ", ".join(verdicts)
         )
     rss = memory.get("forge", {})
     if rss:
-        mb = rss["VmRSS"] / 1024
+        now, peak = rss["VmRSS"] / 1024, rss["VmHWM"] / 1024
+        other = memory.get("passthrough", {}).get("VmRSS", 0) / 1024
         print(
-            f"\nforge resident memory after the run: {mb:.1f} MB (peak {rss['VmHWM'] / 1024:.1f} MB)"
-            f" {'ok' if rss['VmHWM'] / 1024 < 100 else 'MISSED'} (target < 100 MB); passthrough "
-            f"{memory.get('passthrough', {}).get('VmRSS', 0) / 1024:.1f} MB"
+            f"\nforge resident memory after the run: {now:.1f} MB (peak {peak:.1f} MB) "
+            f"{'ok' if peak < 100 else 'MISSED'} (target < 100 MB); passthrough {other:.1f} MB"
         )
     return {"ratios": ratios, "memory_kb": memory}
 
@@ -291,11 +363,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ports = {"direct": free_port(), "passthrough": free_port(), "forge": free_port()}
     me = [sys.executable, __file__]
     procs = {
-        "direct": spawn(me + ["--role", "backend", "--port", str(ports["direct"]),
-                              "--chunks", str(args.chunks)]),
+        "direct": spawn(backend_argv(ports["direct"], args.chunks)),
         "passthrough": spawn(me + ["--role", "passthrough", "--port", str(ports["passthrough"]),
                                    "--backend-port", str(ports["direct"])]),
-        "forge": spawn(forge_argv(ports["direct"], ports["forge"]), quiet=not args.verbose),
+        "forge": spawn(forge_argv(ports["direct"], ports["forge"], args.forge_args),
+                       quiet=not args.verbose),
     }
     try:
         await wait_ready(ports["direct"], "/health", procs["direct"])
@@ -308,7 +380,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"x{args.repeat}; {args.chunks} text chunks per streamed answer"
         )
         started = time.time()
-        results = await measure(args, ports)
+        pids = {name: proc.pid for name, proc in procs.items()}
+        results = await measure(args, ports, pids)
         memory = {name: memory_kb(procs[name].pid) for name in ("forge", "passthrough")}
         memory["forge_idle"] = idle
         print(f"load average after: {loadavg()} ({time.time() - started:.0f}s of load)")
@@ -327,10 +400,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve_role(args: argparse.Namespace) -> None:
-    """Child-process entry: run the fake backend or the passthrough."""
-    if args.role == "backend":
-        asyncio.run(serve_backend(args.port, FakeBackend(plans(chunks=args.chunks))))
-        return
+    """Child-process entry: run the passthrough."""
     import uvicorn
     from passthrough import make_passthrough
 
@@ -350,18 +420,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 16], help="comma-separated levels (default 1,16)")
     parser.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
+                        help="comma-separated, from "
+                        f"{','.join(SCENARIOS + EXTRA_SCENARIOS)} (default: all but large)")
     parser.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGETS),
                         help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--chunks", type=int, default=24, help="text chunks per streamed answer")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--verbose", action="store_true", help="show forge's own output")
-    parser.add_argument("--role", choices=["backend", "passthrough"], help=argparse.SUPPRESS)
+    parser.add_argument("--forge-args", type=str.split, default=[],
+                        help="extra options for forge serve, e.g. '--log-level warning'")
+    parser.add_argument("--role", choices=["passthrough"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--backend-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in args.scenarios:
-        if name not in SCENARIOS:
+        if name not in SCENARIOS + EXTRA_SCENARIOS:
             parser.error(f"unknown scenario {name!r}")
     for name in args.targets:
         if name not in TARGETS:

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from forge_core import __version__
 from forge_core.backend import BackendClient, BackendSpec, ModelIdentity
+from forge_core.budget import ContextBudget, check_prompt, discover_budget
 from forge_core.config import ServeConfig
 from forge_core.engine import ChatCall, Engine
 from forge_core.errors import (
@@ -52,6 +53,8 @@ class AppState:
     limiter: Limiter
     started: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    budget: ContextBudget | None = None
+    """The context in force, learned after start; None (or no tokens) means no prompt check."""
 
     def served_names(self) -> list[str]:
         names: list[str] = []
@@ -76,6 +79,7 @@ def make_app(state: AppState) -> Starlette:
         if not state.started:  # the CLI starts the client itself, before binding the port
             await state.client.start()
             state.started = True
+        state.budget = await discover_budget(state.client, state.config.backend.budget_mode)
         try:
             yield
         finally:
@@ -175,8 +179,12 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         log.info("client disconnected; backend request cancelled")
-        raise asyncio.CancelledError
+        raise ClientGone
     return task.result()
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready; nothing is left to send."""
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -192,17 +200,32 @@ def _endpoint(state: AppState, protocol: Protocol) -> Callable[[Request], Awaita
             call = parsed.call
             if identity is not None:
                 call.body = {**call.body, "model": identity.wire_name}
+            if state.budget is not None:  # a clear 400 instead of a silently truncated prompt
+                await check_prompt(call.body, state.budget.tokens, state.client.count_tokens)
             if parsed.stream:
                 return await _stream(state, protocol, request, parsed.model, call, parsed)
             async with state.limiter.slot():
                 turn = await _until_disconnect(request, state.engine.complete(call))
+            _log_request(protocol, parsed, call, turn.finish_reason)
             headers = _guardrail_headers(call)
             return JSONResponse(protocol.completion(turn, parsed), headers=headers)
         except ForgeError as exc:
             _log_error(exc)
             return protocol.error_response(exc)
+        except ClientGone:
+            # 499 as nginx logs it; uvicorn drops writes to a closed connection.
+            return Response(status_code=499)
 
     return endpoint
+
+
+def _log_request(protocol: Protocol, parsed: Any, call: ChatCall, finish: str) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s model=%s tools=%d stream=%s finish=%s guardrails=%s",
+            protocol.name, parsed.model, len(call.tools), parsed.stream, finish,
+            ",".join(call.notes) or "-",
+        )
 
 
 def _guardrail_headers(call: ChatCall) -> dict[str, str]:
@@ -230,7 +253,9 @@ async def _stream(
     events = state.engine.stream(call)
     stack.push_async_callback(events.aclose)  # type: ignore[attr-defined]
     try:
-        first = await anext(events)
+        # The first event may be long in coming (prompt processing): a client that leaves
+        # meanwhile must cancel the backend request and free the slot too.
+        first = await _until_disconnect(request, anext(events))
     except BaseException:
         await stack.aclose()
         raise
@@ -247,14 +272,22 @@ async def _stream(
             _log_error(exc)
             yield emitter.error(exc)
         finally:
-            if call.notes:
-                log.info("guardrails on stream: %s", ",".join(call.notes))
+            _log_request(protocol, parsed, call, "streamed")
 
     return _ClosingStream(body(), stack, headers=dict(sse.STREAM_HEADERS))
 
 
+MAX_BATCH = 64 * 1024
+"""Bytes of ready stream pieces sent in one write at most."""
+
+
 class _ClosingStream(StreamingResponse):
-    """A stream that always releases its slot and backend stream, even if never iterated."""
+    """A stream that always releases its slot and backend stream, even if never iterated.
+
+    Pieces that are ready at the same moment (several backend events that arrived in one
+    read) go out in one write: the bytes are the same, but a write per event is most of a
+    stream's CPU cost. Nothing waits for a batch to fill; a piece that is alone goes out at once.
+    """
 
     def __init__(self, content: AsyncIterator[bytes], stack: AsyncExitStack, **kw: Any) -> None:
         super().__init__(content, media_type="text/event-stream", **kw)
@@ -265,6 +298,36 @@ class _ClosingStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._stack.aclose()
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code,
+             "headers": self.raw_headers}
+        )
+        pieces = self.body_iterator
+        out = b""
+        pending: asyncio.Future[bytes | None] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(anext(pieces, None))  # type: ignore[arg-type]
+                if out:
+                    # One loop turn lets a piece that has already arrived join this write;
+                    # a piece still on its way does not hold back what is ready.
+                    await asyncio.sleep(0)
+                    if not pending.done() or len(out) >= MAX_BATCH:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                        out = b""
+                piece = await pending
+                pending = None
+                if piece is None:
+                    break
+                out += piece if isinstance(piece, bytes) else piece.encode(self.charset)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+        await send({"type": "http.response.body", "body": out, "more_body": False})
 
 
 def _models(state: AppState) -> Callable[[Request], Awaitable[Response]]:
@@ -293,6 +356,8 @@ def _ready(state: AppState) -> Callable[[Request], Awaitable[Response]]:
             "models": state.served_names() or status.models,
             "capability": state.config.backend.capability,
             "context_size": status.context_size,
+            "budget_mode": state.config.backend.budget_mode,
+            "context_budget": state.budget.tokens if state.budget else status.context_size,
             **status.extra,
         }
         return JSONResponse(body, status_code=200 if status.ready else 503)

@@ -319,3 +319,13 @@ async def check_prompt(
     if floor >= budget:
         raise ContextExceeded(rough, budget)
     return rough
+
+
+async def discover_budget(client: Any, mode: str) -> ContextBudget:
+    """The budget in force after ``client.start()``: the context size its status reports."""
+    status = await client.status()
+    if status.context_size is None:
+        log.warning("the backend reports no context size (%s): prompts are not size-checked",
+                    status.detail or "no detail")
+    rule = status.extra.get("budget_rule") if isinstance(status.extra, dict) else None
+    return ContextBudget(mode, status.context_size, str(rule or ""))

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 from typing import Any
 
@@ -14,6 +15,7 @@ import click
 
 from forge_core import __version__
 from forge_core.backend import BackendSettings, BackendSpec
+from forge_core.budget import BUDGET_MODES
 from forge_core.config import DEFAULT_MAX_BODY, GuardrailSettings, ServeConfig
 from forge_core.errors import ForgeError, PluginError
 from forge_core.plugins import PluginHost, install_hint, installed_plugins
@@ -154,6 +156,10 @@ def plugins_command(as_json: bool) -> None:
 @click.option("--max-retries", default=3, show_default=True, type=click.IntRange(0, 20))
 @click.option("--no-rescue", is_flag=True, help="Do not rescue tool calls printed as text.")
 @click.option(
+    "--no-constrained-retry", is_flag=True,
+    help="Retry with corrective messages only, even when the backend can constrain its output.",
+)
+@click.option(
     "--inject-respond-tool", is_flag=True,
     help="Offer the model a respond(message) tool for prose answers (hidden from clients).",
 )
@@ -167,6 +173,17 @@ def plugins_command(as_json: bool) -> None:
     help="One backend request at a time (default: on when forge manages the backend).",
 )
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--budget-mode", type=click.Choice(list(BUDGET_MODES)), default=None,
+    help="Context budget: the backend's own (default), manual (--num-ctx N, the default when "
+    "--num-ctx is given), or picked by forge from the model and free memory (forge-full: the "
+    "largest that fits; forge-fast: a smaller, quicker one).",
+)
+@click.option(
+    "--drain-timeout", default=10.0, show_default=True, type=float, callback=_positive,
+    help="On SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are "
+    "cancelled and the backend is stopped.",
+)
 @click.option(
     "--any-model", is_flag=True,
     help="Answer every model name with the served model (for Claude Code and similar).",
@@ -194,7 +211,28 @@ def serve_command(ctx: click.Context, **opts: Any) -> None:
         _fail(exc.message)
     except click.UsageError as exc:
         _fail(exc.format_message())
-    run(app_state)
+    run(app_state, drain_timeout=opts["drain_timeout"])
+
+
+def resolve_budget_mode(spec: BackendSpec, requested: str | None, num_ctx: Any) -> str:
+    """The budget mode in force; one clear sentence when the combination makes no sense."""
+    has_num_ctx = any(o.name == "num_ctx" for o in spec.cli_options)
+    mode = requested or ("manual" if num_ctx is not None else "backend")
+    if mode not in spec.budget_modes:
+        allowed = ", ".join(spec.budget_modes)
+        raise PluginError(
+            f"backend '{spec.name}' does not support --budget-mode {mode} (it supports: {allowed})"
+        )
+    if mode == "manual" and not has_num_ctx:
+        raise PluginError(f"--budget-mode manual needs --num-ctx, which '{spec.name}' lacks")
+    if mode == "manual" and num_ctx is None:
+        raise PluginError("--budget-mode manual needs --num-ctx N")
+    if mode != "manual" and num_ctx is not None:
+        raise PluginError(
+            f"--num-ctx sets the budget by hand: use it with --budget-mode manual (or without "
+            f"--budget-mode), not with --budget-mode {mode}"
+        )
+    return mode
 
 
 def build_config(
@@ -210,6 +248,7 @@ def build_config(
             f"protocol is native only.{other}"
         )
     managed = not opts["backend_url"] and spec.capabilities.managed
+    budget_mode = resolve_budget_mode(spec, opts.get("budget_mode"), plugin_opts.get("num_ctx"))
     serialize = opts["serialize"] if opts["serialize"] is not None else managed
     backend = BackendSettings(
         backend_url=opts["backend_url"] or (None if managed else spec.default_url),
@@ -217,6 +256,7 @@ def build_config(
         timeout=opts["backend_timeout"],
         capability=capability,
         options=plugin_opts,
+        budget_mode=budget_mode,
     )
     if not backend.backend_url and not managed:
         raise PluginError(f"backend '{spec.name}' needs --backend-url (it has no managed mode)")
@@ -231,6 +271,7 @@ def build_config(
         guardrails=GuardrailSettings(
             max_retries=opts["max_retries"],
             rescue=not opts["no_rescue"],
+            constrained_retry=not opts.get("no_constrained_retry", False),
             inject_respond_tool=opts["inject_respond_tool"],
             keepalive_interval=opts["keepalive_interval"],
         ),
@@ -260,11 +301,13 @@ def ready_line(state: Any) -> str:
         f"Proxy ready at http://{config.host}:{config.port} plugin={config.plugin} "
         f"backend={state.client.base_url} model={models} "
         f"capability={config.backend.capability} backend_timeout={config.backend.timeout:g}s"
+        f" budget={state.budget.describe() if state.budget else 'unknown'}"
         + "".join(f" {k}={v}" for k, v in state.extra.items())
     )
 
 
-def run(state: Any) -> None:
+def run(state: Any, drain_timeout: float = 10.0) -> None:
+    """Start the backend, serve until SIGINT/SIGTERM, drain for ``drain_timeout``, stop."""
     import uvicorn
 
     from forge_core.app import make_app
@@ -277,19 +320,46 @@ def run(state: Any) -> None:
             port=config.port,
             log_level="warning",
             access_log=False,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=drain_timeout,
             lifespan="on",
         )
     )
 
-    async def main_task() -> bool:
+    async def start_backend() -> int | None:
+        """Start the client (a managed launch may take minutes); a signal meanwhile cancels it
+        and stops whatever was launched. Returns an exit status if forge must not serve."""
+        loop = asyncio.get_running_loop()
+        starting = asyncio.ensure_future(state.client.start())
+        received: list[int] = []
+
+        def interrupt(sig: signal.Signals) -> None:
+            received.append(sig)
+            starting.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt, sig)
         try:
-            await state.client.start()
+            await starting
+        except asyncio.CancelledError:
+            click.echo("forge: interrupted while starting the backend; stopped it", err=True)
+            await state.client.aclose()
+            return 128 + int(received[0]) if received else 1
         except ForgeError as exc:
             click.echo(f"forge: error: {exc.message}", err=True)
             await state.client.aclose()
-            return False
+            return 1
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return None
+
+    async def main_task() -> int:
+        failed = await start_backend()
+        if failed is not None:
+            return failed
         state.started = True
+        # uvicorn owns SIGINT/SIGTERM from here: stop accepting, drain, then the app's
+        # lifespan shutdown closes the client, which stops a managed backend's process group.
         serving = asyncio.ensure_future(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
@@ -297,11 +367,11 @@ def run(state: Any) -> None:
             click.echo(ready_line(state), err=False)
             sys.stdout.flush()
         await serving
-        return server.started
+        return 0 if server.started else 1
 
     try:
-        ok = asyncio.run(main_task())
+        status = asyncio.run(main_task())
     except KeyboardInterrupt:
-        ok = True
-    if not ok:
-        sys.exit(1)
+        status = 0
+    if status:
+        sys.exit(status)

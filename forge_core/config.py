@@ -16,6 +16,9 @@ class GuardrailSettings:
     inject_respond_tool: bool = False
     keepalive_interval: float = 5.0
     """Seconds of silence while holding a call before a keep-alive comment/ping is sent."""
+    constrained_retry: bool = True
+    """Let a plugin that declares ``constrained_decoding`` constrain retries (JSON schema,
+    grammar, forced tool_choice); off, retries carry only the corrective messages."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,27 +3,40 @@
 Data flows one way: a :class:`ChatCall` (OpenAI-shaped, whichever protocol the client spoke)
 -> request transforms -> backend client -> normalize -> validate / rescue / retry -> events
 for an emitter. Both client protocols use this engine; wire formats live at the edges.
+
+Both paths, :meth:`Engine.complete` and :meth:`Engine.stream`, judge an answer the same way:
+the text is split into what a stream would already have shown and what it would still hold
+(``Splitter``), the held part is searched for printed calls, every call is validated, and
+what the client sees across attempts is recorded in one ``Transcript`` (both in
+:mod:`forge_core.guardrails.attempt`). That is what makes the same backend output give the
+same final message, streamed or not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from forge_core.backend import BackendClient, BackendRequest, BackendSpec
 from forge_core.config import GuardrailSettings
+from forge_core.errors import BackendHTTPError
+from forge_core.guardrails.attempt import (
+    CallAssembler,
+    Splitter,
+    Transcript,
+    finish_reason,
+    fix_ids,
+)
 from forge_core.guardrails.feedback import corrective_messages, merge_same_role
-from forge_core.guardrails.holdback import HoldBack
+from forge_core.guardrails.reader import END, TIMEOUT, BackendReader
 from forge_core.guardrails.records import RescueParser
-from forge_core.guardrails.rescue import rescue
+from forge_core.guardrails.rescue import BUILTIN_PARSERS, all_markers, rescue_by
 from forge_core.guardrails.respond import RESPOND_TOOL_NAME, add_respond_tool, unwrap_respond
-from forge_core.guardrails.validate import Problem, ToolIndex, validate_turn
+from forge_core.guardrails.validate import Problem, ToolIndex, required_tool, validate_turn
 from forge_core.transforms import RequestTransform, apply_transforms
 from forge_core.turns import (
     AssistantTurn,
@@ -40,6 +53,9 @@ from forge_core.turns import (
 )
 
 log = logging.getLogger("forge.guardrails")
+
+FALLBACK = "[forge] The model did not produce a valid tool call: "
+"""Start of the answer when retries are exhausted and the model wrote no text at all."""
 
 
 @dataclass(slots=True)
@@ -62,12 +78,40 @@ class ChatCall:
         return self.body.get("tool_choice")
 
 
+# --- per-request decisions ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How the guardrails treat one request, decided once from its tools and tool_choice."""
+
+    index: ToolIndex
+    names: frozenset[str]
+    """Names a printed call may use: the client's tools, plus respond when forge added it."""
+    guarded: bool
+    """The request carries usable tools: answers are judged."""
+    rescue: bool
+    required: bool
+    """tool_choice requires a call ("required", a named tool, Anthropic "any"/"tool")."""
+    respond: bool
+    """forge injected the respond tool (the client has no tool of that name)."""
+    constrain: bool
+
+
+def _is_none_choice(choice: Any) -> bool:
+    return choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none")
+
+
 @dataclass(slots=True)
 class _Verdict:
     turn: AssistantTurn
     problems: list[Problem]
     prose: str = ""
-    """Text the client should still receive (the held part, minus any rescued call markup)."""
+    """Still to show if accepted: the held text minus rescued call markup, plus any respond()
+    answer."""
+    tail: str = ""
+    """Still to show when giving up: the held text as the model wrote it, plus any respond()
+    answer."""
 
 
 class Engine:
@@ -84,16 +128,42 @@ class Engine:
         self.client = client
         self.spec = spec
         self.settings = settings
-        self.parsers = list(parsers) if settings.rescue else []
+        self.all_parsers = list(parsers)
+        # Tools rendered into the prompt (the prompt capability) come back as text: reading it
+        # is then the protocol, not a rescue, so --no-rescue does not turn it off.
+        parse_text = settings.rescue or getattr(client, "tools_in_prompt", False)
+        self.parsers = self.all_parsers if parse_text else []
         self.transforms = list(transforms)
-        self.markers = tuple(sorted({m for p in self.parsers for m in p.markers}))
+        self.markers = all_markers(self.parsers)
 
     # --- request building ----------------------------------------------------------------
 
-    def _first_request(self, call: ChatCall) -> BackendRequest:
-        body = call.body
-        if self.settings.inject_respond_tool and call.tools:
-            body = add_respond_tool(body)
+    def _plan(self, call: ChatCall) -> _Plan:
+        index = ToolIndex(call.tools)
+        guarded = bool(index)
+        active = guarded and not _is_none_choice(call.tool_choice)
+        required = active and required_tool(call.tool_choice)[0]
+        # Under a required choice respond() would only be an escape that forge then rejects.
+        respond = (
+            active
+            and not required
+            and self.settings.inject_respond_tool
+            and RESPOND_TOOL_NAME not in index
+        )
+        return _Plan(
+            index=index,
+            names=index.names | {RESPOND_TOOL_NAME} if respond else index.names,
+            guarded=guarded,
+            rescue=active and bool(self.parsers),
+            required=required,
+            respond=respond,
+            constrain=active
+            and self.settings.constrained_retry
+            and self.spec.capabilities.constrained_decoding,
+        )
+
+    def _first_request(self, call: ChatCall, plan: _Plan) -> BackendRequest:
+        body = add_respond_tool(call.body) if plan.respond else call.body
         request = BackendRequest(
             body=body,
             verbatim=body is call.body,
@@ -103,17 +173,34 @@ class Engine:
         return apply_transforms(self.transforms, self.spec.name, request)
 
     def _retry_request(
-        self, call: ChatCall, history: list[dict[str, Any]], attempt: int, target: str | None
-    ) -> BackendRequest:
-        """A normalized request: the client's messages plus the corrective turns so far."""
+        self,
+        call: ChatCall,
+        plan: _Plan,
+        history: list[dict[str, Any]],
+        attempt: int,
+        problems: list[Problem],
+    ) -> tuple[BackendRequest, bool]:
+        """A normalized request: the client's messages plus the corrective turns so far.
+
+        Returns the request and whether the backend client constrained it.
+        """
         body = dict(call.body)
-        body["messages"] = merge_same_role(list(call.body["messages"]) + history)
-        if self.settings.inject_respond_tool and call.tools:
+        body["messages"] = merge_same_role([*call.body["messages"], *history])
+        if plan.respond:
             body = add_respond_tool(body)
-        if self.spec.capabilities.constrained_decoding:
-            index = ToolIndex(call.tools)
-            tool = index.get(target) if target else None
-            body = self.client.constrain_retry(body, tool)
+        constrained = False
+        if plan.constrain:
+            target = self._target_tool(call, plan, problems)
+            tool = plan.index.get(target) if target else None
+            try:
+                strengthened = self.client.constrain_retry(body, tool)
+            except Exception:  # a plugin bug must not lose the request: retry unconstrained
+                log.exception("%s: constrain_retry failed; retrying unconstrained", self.spec.name)
+            else:
+                constrained = strengthened is not body
+                body = strengthened
+        if constrained:
+            call.notes.append("constrained")
         request = BackendRequest(
             body=body,
             verbatim=False,
@@ -121,208 +208,239 @@ class Engine:
             client_protocol=call.client_protocol,
             original=call.original,
         )
-        return apply_transforms(self.transforms, self.spec.name, request)
+        return apply_transforms(self.transforms, self.spec.name, request), constrained
+
+    @staticmethod
+    def _target_tool(call: ChatCall, plan: _Plan, problems: list[Problem]) -> str | None:
+        """The tool a constrained retry should force: the named choice, else the tool the
+        failed call meant, else the only tool; None lets the backend choose among all."""
+        _, named = required_tool(call.tool_choice)
+        if named is not None and named in plan.index:
+            return named
+        for problem in problems:
+            if problem.kind != "unknown_tool" and problem.tool and problem.tool in plan.index:
+                return problem.tool
+        return next(iter(plan.index)) if len(plan.index) == 1 else None
 
     # --- judging one answer ---------------------------------------------------------------
 
+    def _parsers_for(self, plan: _Plan, constrained: bool) -> Sequence[RescueParser]:
+        if constrained:
+            # A constrained answer is JSON in the content by design: always read it, even
+            # with --no-rescue.
+            return self.all_parsers or BUILTIN_PARSERS
+        return self.parsers if plan.rescue else ()
+
+    @staticmethod
+    def _splitter(plan: _Plan, attempt: int, parsers: Sequence[RescueParser]) -> Splitter:
+        if not plan.guarded:
+            return Splitter("pass")
+        if plan.required or attempt > 0:
+            return Splitter("all")
+        if parsers:
+            return Splitter("scan", parsers, plan.names)
+        return Splitter("pass")
+
     def _judge(
-        self, call: ChatCall, index: ToolIndex, turn: AssistantTurn, held: str
+        self,
+        call: ChatCall,
+        plan: _Plan,
+        turn: AssistantTurn,
+        held: str,
+        parsers: Sequence[RescueParser],
     ) -> _Verdict:
-        """Validate ``turn``; ``held`` is the part of its text that may hold a printed call."""
-        answer = ""
-        if self.settings.inject_respond_tool:
-            turn = unwrap_respond(turn)  # a respond() call becomes turn.content
-            answer, turn.content = turn.content, ""
+        """Validate ``turn`` (its content already split off); ``held`` may hold printed calls."""
         prose = held
-        if not turn.tool_calls and held and self.parsers:
-            found, remaining = rescue(held, index.names, self.parsers)
+        if parsers and not turn.tool_calls and held.strip():
+            found, remaining, parser = rescue_by(held, plan.names, parsers)
             if found:
                 turn.tool_calls = [
                     ToolCall(new_id("call_"), c.name, json.dumps(c.arguments, ensure_ascii=False))
                     for c in found
                 ]
-                turn.finish_reason = "tool_calls"
                 prose = remaining
-                call.notes.append("rescued")
-        if answer:
-            prose = f"{prose}\n\n{answer}" if prose.strip() else answer
-        problems = validate_turn(turn, index, call.tool_choice)
-        if not problems and turn.tool_calls:
-            turn.finish_reason = "tool_calls"
-        return _Verdict(turn, problems, prose)
+                call.notes.append(f"rescued:{parser}")
+        tail = held
+        if plan.respond:
+            turn = unwrap_respond(turn)  # a respond() call becomes turn.content
+            answer, turn.content = turn.content, ""
+            prose, tail = _paragraphs(prose, answer), _paragraphs(tail, answer)
+        if fix_ids(turn.tool_calls):
+            call.notes.append("ids-fixed")
+        problems = validate_turn(turn, plan.index, call.tool_choice)
+        turn.finish_reason = finish_reason(turn)
+        return _Verdict(turn, problems, prose, tail)
 
-    def _target_tool(self, call: ChatCall, problems: list[Problem]) -> str | None:
-        choice = call.tool_choice
-        if isinstance(choice, dict):
-            name = (choice.get("function") or {}).get("name")
-            if isinstance(name, str):
-                return name
-        named = [p.tool for p in problems if p.tool and p.kind != "unknown_tool"]
-        if named:
-            return named[0]
-        return call.tools[0]["function"]["name"] if len(call.tools) == 1 else None
+    def _give_up(
+        self, call: ChatCall, verdict: _Verdict, shown: Transcript, note: str
+    ) -> str:
+        """No valid call: show what the model wrote as plain text, never a broken call.
 
-    def _give_up(self, call: ChatCall, verdict: _Verdict) -> AssistantTurn:
-        """Retries exhausted: a plain assistant message, never a broken call."""
-        call.notes.append("retries-exhausted")
+        Returns the text still to show (already recorded in ``shown``).
+        """
+        call.notes.append(note)
         reasons = "; ".join(p.message for p in verdict.problems)
-        log.warning("guardrails gave up after %d retries: %s", self.settings.max_retries, reasons)
-        turn = verdict.turn
-        text = turn.content
-        if not text.strip():
-            text = f"[forge] The model did not produce a valid tool call: {reasons}"
-        return AssistantTurn(content=text, finish_reason="stop", usage=turn.usage)
+        log.warning("guardrails gave up (%s): %s", note, reasons)
+        piece = shown.show_text(verdict.tail)
+        if not shown.text.strip():
+            piece += shown.show_text(FALLBACK + reasons)
+        return piece
+
+    def _retrying(self, call: ChatCall, problems: list[Problem]) -> None:
+        call.notes.append("retry:" + _kinds(problems))
+        log.info("tool call rejected (%s): %s", _kinds(problems), problems[0].message)
 
     # --- non-streaming ----------------------------------------------------------------------
 
     async def complete(self, call: ChatCall) -> AssistantTurn:
-        index = ToolIndex(call.tools)
-        request = self._first_request(call)
+        """One answer for ``call``: a valid call, accepted prose, or plain text after giving up."""
+        plan = self._plan(call)
+        shown = Transcript()
+        request, constrained = self._first_request(call, plan), False
         history: list[dict[str, Any]] = []
         usage: Usage | None = None
+        verdict: _Verdict | None = None
         for attempt in range(self.settings.max_retries + 1):
-            turn = await self.client.complete(request)
+            shown.next_attempt()
+            try:
+                turn = await self.client.complete(request)
+            except BackendHTTPError as exc:
+                if verdict is None:
+                    raise
+                self._give_up(call, verdict, shown, f"retry-failed:{exc.backend_status}")
+                return _plain(shown, usage)
             usage = _add(usage, turn.usage)
-            if not index:
+            if not plan.guarded:
+                turn.finish_reason = finish_reason(turn)
                 turn.usage = usage
                 return turn
+            parsers = self._parsers_for(plan, constrained)
+            splitter = self._splitter(plan, attempt, parsers)
             # Split the text exactly as the stream would, so both paths agree.
-            sent, held = self._split(turn.content, index)
-            turn.content = ""
-            verdict = self._judge(call, index, turn, held)
-            verdict.turn.content = sent + verdict.prose
-            verdict.turn.usage = usage
+            sent = splitter.feed(turn.content) if turn.content else ""
+            held = splitter.flush()
+            shown.show_reasoning(turn.reasoning)
+            shown.show_text(sent)
+            turn.content, turn.reasoning = "", ""
+            verdict = self._judge(call, plan, turn, held, parsers)
             if not verdict.problems:
-                return verdict.turn
-            self._note_problems(call, verdict.problems)
+                shown.show_text(verdict.prose)
+                return AssistantTurn(
+                    content=shown.text,
+                    tool_calls=verdict.turn.tool_calls,
+                    finish_reason=verdict.turn.finish_reason,
+                    usage=usage,
+                    reasoning=shown.reasoning,
+                )
+            verdict.turn.content = sent + verdict.prose
             if attempt == self.settings.max_retries:
-                return self._give_up(call, verdict)
-            history += corrective_messages(verdict.turn, verdict.problems, index)
-            request = self._retry_request(
-                call, history, attempt + 1, self._target_tool(call, verdict.problems)
+                break
+            self._retrying(call, verdict.problems)
+            history += corrective_messages(verdict.turn, verdict.problems, plan.index)
+            request, constrained = self._retry_request(
+                call, plan, history, attempt + 1, verdict.problems
             )
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _split(self, text: str, index: ToolIndex) -> tuple[str, str]:
-        if not self.parsers or not text:
-            return text, ""
-        holdback = HoldBack(self.markers)
-        sent = holdback.feed(text)
-        sent += holdback.release_if_resolved(index.names)
-        return sent, holdback.flush()
-
-    def _note_problems(self, call: ChatCall, problems: list[Problem]) -> None:
-        kinds = sorted({p.kind for p in problems})
-        call.notes.append("retry:" + ",".join(kinds))
-        log.info("tool call rejected (%s): %s", ",".join(kinds), problems[0].message)
+        assert verdict is not None
+        self._give_up(call, verdict, shown, "retries-exhausted:" + _kinds(verdict.problems))
+        return _plain(shown, usage)
 
     # --- streaming --------------------------------------------------------------------------
 
     async def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
-        index = ToolIndex(call.tools)
-        request = self._first_request(call)
+        """The answer for ``call`` as events: prose at once, calls only once complete and valid.
+
+        Failed attempts are retried invisibly; the events always end with one ``Finished``.
+        While something is held back and the client has heard nothing for a keep-alive
+        interval, a ``KeepAlive`` goes out: the interval counts the client's silence, not the
+        backend's, so a long call arriving in many small fragments still gets keep-alives.
+        """
+        plan = self._plan(call)
+        shown = Transcript()
+        loop = asyncio.get_running_loop()
+        interval = self.settings.keepalive_interval
+        last_sent = loop.time()
+        request, constrained = self._first_request(call, plan), False
         history: list[dict[str, Any]] = []
         usage: Usage | None = None
+        verdict: _Verdict | None = None
         for attempt in range(self.settings.max_retries + 1):
-            holdback = HoldBack(self.markers) if (index and self.parsers) else None
+            shown.next_attempt()
+            parsers = self._parsers_for(plan, constrained)
+            splitter = self._splitter(plan, attempt, parsers)
+            calls = CallAssembler()
             turn = AssistantTurn()
-            fragments: dict[int, list[Any]] = {}
-            async with aclosing(self._with_keepalive(request, holdback, fragments)) as chunks:
-                async for chunk in chunks:
-                    if chunk is None:
+            sent: list[str] = []
+            reader = BackendReader(self.client.stream(request))
+            try:
+                while True:
+                    # Not holding, the next chunk is awaited without any timer: prose pays
+                    # nothing for keep-alives.
+                    holding = splitter.holding or bool(calls)
+                    timeout = last_sent + interval - loop.time() if holding else None
+                    chunk = await reader.next(timeout)
+                    if chunk is END:
+                        break
+                    if chunk is TIMEOUT:
+                        last_sent = loop.time()
                         yield KeepAlive()
                         continue
+                    assert isinstance(chunk, BackendChunk)
                     if chunk.reasoning:
-                        yield ReasoningDelta(chunk.reasoning)
+                        last_sent = loop.time()
+                        yield ReasoningDelta(shown.show_reasoning(chunk.reasoning))
                     if chunk.text:
-                        safe = chunk.text
-                        if holdback is not None:
-                            safe = holdback.feed(chunk.text)
-                            safe += holdback.release_if_resolved(index.names)
+                        safe = splitter.feed(chunk.text)
                         if safe:
-                            turn.content += safe
-                            yield TextDelta(safe)
-                    for frag in chunk.tool_calls:
-                        slot = fragments.setdefault(frag.index, [None, None, []])
-                        slot[0] = slot[0] or frag.id
-                        slot[1] = slot[1] or frag.name
-                        slot[2].append(frag.arguments)
+                            sent.append(safe)
+                            last_sent = loop.time()
+                            yield TextDelta(shown.show_text(safe))
+                    for fragment in chunk.tool_calls:
+                        calls.add(fragment)
                     if chunk.finish_reason:
                         turn.finish_reason = chunk.finish_reason
                     if chunk.usage:
                         turn.usage = chunk.usage
-            usage = _add(usage, turn.usage)
-            turn.tool_calls = [
-                ToolCall(slot[0] or new_id("call_"), slot[1] or "", "".join(slot[2]))
-                for _, slot in sorted(fragments.items())
-            ]
-            held = holdback.flush() if holdback is not None else ""
-            if not index:
-                for position, tool_call in enumerate(turn.tool_calls):
-                    yield ToolCallReady(position, tool_call)
-                yield Finished(_finish(turn), usage)
-                return
-            sent_text = turn.content
-            turn.content = ""
-            verdict = self._judge(call, index, turn, held)
-            if not verdict.problems:
-                if verdict.prose:
-                    yield TextDelta(verdict.prose)
-                for position, tool_call in enumerate(verdict.turn.tool_calls):
-                    yield ToolCallReady(position, tool_call)
-                yield Finished(_finish(verdict.turn), usage)
-                return
-            self._note_problems(call, verdict.problems)
-            if attempt == self.settings.max_retries:
-                verdict.turn.content = sent_text + held
-                final = self._give_up(call, verdict)
-                tail = held if verdict.turn.content.strip() else final.content
-                if tail:
-                    yield TextDelta(tail)
+            except BackendHTTPError as exc:
+                if verdict is None:
+                    raise
+                note = f"retry-failed:{exc.backend_status}"
+                piece = self._give_up(call, verdict, shown, note)
+                if piece:
+                    yield TextDelta(piece)
                 yield Finished("stop", usage)
                 return
-            verdict.turn.content = sent_text + held
-            history += corrective_messages(verdict.turn, verdict.problems, index)
-            request = self._retry_request(
-                call, history, attempt + 1, self._target_tool(call, verdict.problems)
+            finally:
+                await reader.aclose()
+            usage = _add(usage, turn.usage)
+            turn.tool_calls = calls.assemble(self.client.name)
+            held = splitter.flush()
+            if not plan.guarded:
+                for position, tool_call in enumerate(turn.tool_calls):
+                    yield ToolCallReady(position, tool_call)
+                yield Finished(finish_reason(turn), usage)
+                return
+            verdict = self._judge(call, plan, turn, held, parsers)
+            if not verdict.problems:
+                piece = shown.show_text(verdict.prose)
+                if piece:
+                    yield TextDelta(piece)
+                for position, tool_call in enumerate(verdict.turn.tool_calls):
+                    yield ToolCallReady(position, tool_call)
+                yield Finished(verdict.turn.finish_reason, usage)
+                return
+            verdict.turn.content = "".join(sent) + verdict.prose
+            if attempt == self.settings.max_retries:
+                break
+            self._retrying(call, verdict.problems)
+            history += corrective_messages(verdict.turn, verdict.problems, plan.index)
+            request, constrained = self._retry_request(
+                call, plan, history, attempt + 1, verdict.problems
             )
-
-    async def _with_keepalive(
-        self,
-        request: BackendRequest,
-        holdback: HoldBack | None,
-        fragments: dict[int, list[Any]],
-    ) -> AsyncIterator[BackendChunk | None]:
-        """The backend's chunks; ``None`` after each keep-alive interval spent holding."""
-        interval = self.settings.keepalive_interval
-        source = self.client.stream(request)
-        pending: asyncio.Future[BackendChunk] | None = None
-        try:
-            while True:
-                holding = bool(fragments) or (holdback is not None and holdback.holding)
-                if pending is None and not holding:
-                    try:
-                        yield await anext(source)
-                    except StopAsyncIteration:
-                        return
-                    continue
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(source))
-                done, _ = await asyncio.wait({pending}, timeout=interval)
-                if not done:
-                    yield None
-                    continue
-                task, pending = pending, None
-                try:
-                    yield task.result()
-                except StopAsyncIteration:
-                    return
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-            await source.aclose()  # type: ignore[attr-defined]
+        assert verdict is not None
+        piece = self._give_up(call, verdict, shown, "retries-exhausted:" + _kinds(verdict.problems))
+        if piece:
+            yield TextDelta(piece)
+        yield Finished("stop", usage)
 
 
 def _add(total: Usage | None, usage: Usage | None) -> Usage | None:
@@ -331,10 +449,20 @@ def _add(total: Usage | None, usage: Usage | None) -> Usage | None:
     return usage if total is None else total + usage
 
 
-def _finish(turn: AssistantTurn) -> str:
-    if turn.tool_calls:
-        return "tool_calls"
-    return turn.finish_reason if turn.finish_reason in ("stop", "length") else "stop"
+def _kinds(problems: list[Problem]) -> str:
+    return "+".join(sorted({p.kind for p in problems}))
+
+
+def _paragraphs(first: str, second: str) -> str:
+    if not second:
+        return first
+    return f"{first}\n\n{second}" if first.strip() else second
+
+
+def _plain(shown: Transcript, usage: Usage | None) -> AssistantTurn:
+    return AssistantTurn(
+        content=shown.text, finish_reason="stop", usage=usage, reasoning=shown.reasoning
+    )
 
 
 __all__ = ["ChatCall", "Engine", "RESPOND_TOOL_NAME"]

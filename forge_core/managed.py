@@ -1,8 +1,15 @@
 """Running a backend server as a child process: launch, health wait, restart, clean stop.
 
-The child gets its own process group (so stopping it stops everything it spawned) and, on
-Linux, a parent-death signal, so it dies with forge even when forge is killed with SIGKILL.
-Its output goes to a log file whose tail is quoted when a launch fails.
+No process forge starts may outlive it, however forge ends:
+
+* the child gets its own session, so its process group holds it and everything it spawns,
+  and stopping it signals the whole group (SIGTERM, then SIGKILL after a grace period);
+* on Linux the child also gets a parent-death signal (SIGKILL when forge's thread dies);
+* a tiny watchdog process holds the read end of a pipe whose write end only forge holds: when
+  forge dies, even by SIGKILL, the kernel closes the pipe, the watchdog reads end-of-file and
+  kills the whole group, grandchildren included, which a parent-death signal does not reach.
+
+The child's output goes to a log file whose tail is quoted when a launch fails.
 """
 
 from __future__ import annotations
@@ -28,6 +35,35 @@ from forge_core.errors import BackendTimeout, BackendUnavailable
 log = logging.getLogger("forge.managed")
 
 _PR_SET_PDEATHSIG = 1
+WATCHDOG_GRACE = 5.0
+"""Seconds the watchdog waits between SIGTERM and SIGKILL of an abandoned group."""
+
+# Runs in its own interpreter (``python -I -S -c``): blocks until forge's end of the pipe is
+# closed, then terminates the group if anything in it is still alive.
+_WATCHDOG = """
+import os, signal, sys, time
+pgid, grace = int(sys.argv[1]), float(sys.argv[2])
+while sys.stdin.buffer.read(4096):
+    pass
+def alive():
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+if alive():
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+"""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,6 +81,54 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie waiting to be reaped counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of group ``pgid``, from /proc; [] where /proc is absent."""
+    members: list[int] = []
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any live process is in group ``pgid`` (zombies waiting for a reaper that may
+    never come, as under a container's minimal init, do not count)."""
+    if Path("/proc/self/stat").exists():
+        return bool(group_members(pgid))
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ManagedProcess:
     """One supervised server process. ``start`` returns once ``health_url`` answers 200."""
 
@@ -59,6 +143,7 @@ class ManagedProcess:
         log_path: Path | None = None,
         restart: bool = True,
         on_restart: Callable[[], None] | None = None,
+        watchdog: bool = True,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -67,8 +152,10 @@ class ManagedProcess:
         self.env = env
         self.restart = restart
         self.on_restart = on_restart
+        self.use_watchdog = watchdog
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"forge-{name}-{os.getpid()}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stopping = False
         self._watcher: asyncio.Task[None] | None = None
@@ -78,6 +165,8 @@ class ManagedProcess:
         return self.process.pid if self.process else None
 
     async def start(self) -> None:
+        """Launch and wait for health; then (if ``restart``) relaunch whenever it dies."""
+        self._stopping = False
         await self._launch()
         if self.restart:
             self._watcher = asyncio.ensure_future(self._watch())
@@ -96,7 +185,34 @@ class ManagedProcess:
                 )
             except OSError as exc:
                 raise BackendUnavailable(self.name, f"could not be launched: {exc}") from None
+        self._start_watchdog(self.process.pid)
         await self._wait_healthy()
+
+    def _start_watchdog(self, pgid: int) -> None:
+        self._close_watchdog()
+        if not self.use_watchdog or os.name != "posix":
+            return
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid), str(WATCHDOG_GRACE)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to forge's terminal group must not reach it
+            )
+        except OSError as exc:  # the parent-death signal still covers the direct child
+            log.warning("no watchdog for %s: %s", self.name, exc)
+
+    def _close_watchdog(self) -> None:
+        """Release the watchdog: it exits, finding the group it guards already gone."""
+        watchdog, self.watchdog = self.watchdog, None
+        if watchdog is None:
+            return
+        with contextlib.suppress(OSError):
+            if watchdog.stdin is not None:
+                watchdog.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            watchdog.wait(timeout=WATCHDOG_GRACE + 2)
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.load_timeout
@@ -104,6 +220,7 @@ class ManagedProcess:
             while time.monotonic() < deadline:
                 if self.process is None or self.process.poll() is not None:
                     code = self.process.returncode if self.process else "?"
+                    await self._terminate_group()
                     raise BackendUnavailable(
                         self.name, f"exited during start-up (code {code}): {self.log_tail()}"
                     )
@@ -124,7 +241,7 @@ class ManagedProcess:
         return " | ".join(text[-lines:]) or "(empty log)"
 
     async def _watch(self) -> None:
-        """Relaunch the process with the same arguments if it dies while we serve."""
+        """Relaunch the process with the same arguments (model, context, flags) if it dies."""
         while not self._stopping:
             await asyncio.sleep(0.5)
             proc = self.process
@@ -132,6 +249,7 @@ class ManagedProcess:
                 continue
             log.error("%s died (code %s); restarting: %s", self.name, proc.returncode,
                       self.log_tail(3))
+            await self._terminate_group()  # anything it left behind
             try:
                 await self._launch()
                 self.restarts += 1
@@ -148,19 +266,27 @@ class ManagedProcess:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+            self._watcher = None
+        await self._terminate_group(grace)
+        self._close_watchdog()
+
+    async def _terminate_group(self, grace: float = 10.0) -> None:
         proc = self.process
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.info("%s stopped", self.name)
+        pgid = proc.pid  # setsid made the child its group's leader
+        if proc.poll() is None or group_alive(pgid):
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while (proc.poll() is None or group_alive(pgid)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None or group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+            log.info("%s stopped", self.name)
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(os.getpgid(pid), sig)
+        os.killpg(pgid, sig)

@@ -6,6 +6,8 @@ subclass :class:`OpenAIWireClient` and set URLs, identity and capabilities rathe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -152,11 +154,13 @@ class OpenAIWireClient(BackendClient):
                 if response.status_code >= 400:
                     text = (await response.aread()).decode(errors="replace")
                     raise self.http_error(response.status_code, text)
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue  # comments, event names, blank separators
                     payload = line[5:].strip()
                     if payload == "[DONE]":
+                        await _drain(lines)
                         return
                     chunk = parse_chunk(self.name, payload)
                     if chunk is not None:
@@ -191,6 +195,23 @@ class OpenAIWireClient(BackendClient):
 
 
 _JSON = {"Content-Type": "application/json"}
+
+DRAIN_TIMEOUT = 1.0
+"""Seconds to wait for the end of a stream's body after ``[DONE]``."""
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]`` (normally only the chunked terminator).
+
+    httpcore returns a connection to the pool only when its response was read to the end;
+    leaving at ``[DONE]`` would close it and cost a new TCP connection per streamed request.
+    Bounded, for a server that keeps the stream open after ``[DONE]``: then the connection is
+    simply closed, as before.
+    """
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            async for _ in lines:
+                pass
 
 
 def _dumps(body: dict[str, Any]) -> bytes:

@@ -468,6 +468,14 @@ def rescue(
     a call for a known tool wins. The prose is the think-free text with that parser's markup cut
     out, stripped (possibly ""); with no calls it is the whole think-free text. Never raises.
     """
+    calls, prose, _ = rescue_by(text, tool_names, parsers)
+    return calls, prose
+
+
+def rescue_by(
+    text: str, tool_names: Collection[str], parsers: Sequence[RescueParser]
+) -> tuple[list[RescuedCall], str, str | None]:
+    """Like :func:`rescue`, plus the name of the parser that found the calls (None: none)."""
     names = frozenset(tool_names)
     clean = strip_think(text)
     if names:
@@ -475,8 +483,9 @@ def rescue(
             hits = _run(parser, clean, names)
             if hits:
                 calls = [call for _, _, found in hits for call in found]
-                return calls, _cut(clean, [_widen(clean, s, e) for s, e, _ in hits])
-    return [], clean.strip()
+                prose = _cut(clean, [_widen(clean, s, e) for s, e, _ in hits])
+                return calls, prose, parser.name
+    return [], clean.strip(), None
 
 
 _FENCE_BEFORE = re.compile(r"```[\w.+-]*[ \t]*\r?\n\s*\Z")

@@ -1,4 +1,6 @@
-"""The llama-server / llamafile client: OpenAI wire, plus launch, /props and constraints."""
+"""The llama-server / llamafile client: OpenAI wire, plus launch, budgets, /props, constraints
+and the prompt capability (tools rendered into the prompt for models without a tool template).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ from typing import Any
 
 import httpx
 
-from forge_core.backend import BackendSettings, BackendStatus, ModelIdentity
+from forge_core import budget
+from forge_core.backend import BackendRequest, BackendSettings, BackendStatus, ModelIdentity
 from forge_core.errors import BackendError, PluginError
 from forge_core.managed import ManagedProcess, free_port
 from forge_core.openai_client import OpenAIWireClient
+from forge_core.prompt_tools import to_prompt_body
 from forge_llamafile import launch
 
 log = logging.getLogger("forge.llamafile")
@@ -33,29 +37,37 @@ class LlamafileClient(OpenAIWireClient):
     def __init__(
         self, settings: BackendSettings, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        if settings.capability == "prompt":
-            raise PluginError(
-                "--backend-capability prompt is declared by the llamafile plugin but not "
-                "available in this version; use native (the default)"
-            )
+        # The prompt capability: tools go into the system prompt, calls come back as text.
+        self.tools_in_prompt = settings.capability == "prompt"
         self.process: ManagedProcess | None = None
+        self.budget_mode = settings.budget_mode
+        self.requested_ctx: int | None = None
+        self.budget_note = ""
         opts = settings.options
         if settings.backend_url:
+            if settings.budget_mode != "backend":
+                raise PluginError(
+                    f"--budget-mode {settings.budget_mode} needs managed mode: forge cannot "
+                    "resize a running llama-server (drop --backend-url, or use --budget-mode "
+                    "backend and start the server with -c N yourself)"
+                )
             base_url = settings.backend_url
             model_name = settings.model
         else:
             port = free_port()
             base_url = f"http://127.0.0.1:{port}"
             model_path, template, model_name = self._resolve_model(settings, opts)
+            self.requested_ctx = self._plan_context(settings.budget_mode, model_path, opts)
             argv = launch.server_argv(
                 launch.find_server_binary(opts.get("server_bin")),
                 model_path,
                 port,
                 template=template,
-                num_ctx=opts.get("num_ctx"),
+                num_ctx=self.requested_ctx,
                 extra_flags=opts.get("extra_flags") or "",
             )
             argv += ["--alias", model_name]
+            # Restarts reuse this argv: same model, same -c, same flags.
             self.process = ManagedProcess(
                 "llama-server",
                 argv,
@@ -76,7 +88,24 @@ class LlamafileClient(OpenAIWireClient):
             derive_identity=derive_identity,
             transport=transport,
         )
+        self._http.event_hooks["request"].append(_close_after_stream)
         self.context_size: int | None = None
+        self.n_ctx_train: int | None = None
+
+    def _plan_context(self, mode: str, model: Path, opts: dict[str, Any]) -> int | None:
+        """The ``-c`` to launch with: none (server default), ``--num-ctx``, or forge's pick."""
+        if mode == "manual":
+            num_ctx = opts.get("num_ctx")
+            if not isinstance(num_ctx, int):
+                raise PluginError("--budget-mode manual needs --num-ctx N")
+            self.budget_note = f"requested -c {num_ctx}"
+            return num_ctx
+        if mode in ("forge-full", "forge-fast"):
+            choice = budget.plan_context(mode, model)  # type: ignore[arg-type]
+            self.budget_note = choice.explanation
+            log.info("context budget: %s", choice.explanation)
+            return choice.tokens
+        return None
 
     @staticmethod
     def _resolve_model(
@@ -112,13 +141,28 @@ class LlamafileClient(OpenAIWireClient):
                 await self.process.stop()
 
     async def _read_context_size(self) -> int | None:
+        """The context in force: ``/props`` ``n_ctx`` (after any rounding by the server)."""
         try:
             props = await self._get_json("/props", timeout=5.0)
         except BackendError:
             return None
         settings = props.get("default_generation_settings") if isinstance(props, dict) else None
         n_ctx = (settings or {}).get("n_ctx") or (props or {}).get("n_ctx")
+        self.n_ctx_train = await self._read_n_ctx_train()
         return n_ctx if isinstance(n_ctx, int) else None
+
+    async def _read_n_ctx_train(self) -> int | None:
+        """The model's native context, from ``/v1/models`` ``meta`` (recent llama-server)."""
+        try:
+            data = await self._get_json(self.models_path, timeout=5.0)
+        except BackendError:
+            return None
+        items = data.get("data") if isinstance(data, dict) else None
+        for item in items if isinstance(items, list) else []:
+            meta = item.get("meta") if isinstance(item, dict) else None
+            if isinstance(meta, dict) and isinstance(meta.get("n_ctx_train"), int):
+                return int(meta["n_ctx_train"])
+        return None
 
     async def status(self) -> BackendStatus:
         try:
@@ -129,9 +173,15 @@ class LlamafileClient(OpenAIWireClient):
             return BackendStatus(
                 ready=False, detail=f"llama-server health answered HTTP {response.status_code}"
             )
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"budget_mode": self.budget_mode}
+        if self.requested_ctx is not None:
+            extra["budget_requested"] = self.requested_ctx
+        if self.budget_note:
+            extra["budget_rule"] = self.budget_note
+        if self.n_ctx_train is not None:
+            extra["n_ctx_train"] = self.n_ctx_train
         if self.process is not None:
-            extra = {"managed_pid": self.process.pid, "restarts": self.process.restarts}
+            extra.update(managed_pid=self.process.pid, restarts=self.process.restarts)
         return BackendStatus(
             ready=True,
             detail="ok",
@@ -139,6 +189,13 @@ class LlamafileClient(OpenAIWireClient):
             context_size=self.context_size or await self._read_context_size(),
             extra=extra,
         )
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def prepare_body(self, request: BackendRequest, *, stream: bool) -> dict[str, Any]:
+        """The OpenAI body, rendered for the prompt capability when it is on."""
+        body = super().prepare_body(request, stream=stream)
+        return to_prompt_body(body) if self.tools_in_prompt else body
 
     # --- guardrail support -------------------------------------------------------------------
 
@@ -155,6 +212,13 @@ class LlamafileClient(OpenAIWireClient):
             return body
         schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
         out = {k: v for k, v in body.items() if k not in ("tools", "tool_choice")}
+        if self.tools_in_prompt:
+            # The tools stay: prepare_body renders them into the prompt (and drops them).
+            out["tools"] = body.get("tools")
+            out["tool_choice"] = (
+                {"type": "function", "function": {"name": tool["function"]["name"]}}
+                if tool else "required"
+            )
         out["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "tool_call", "schema": schema, "strict": True},
@@ -163,6 +227,8 @@ class LlamafileClient(OpenAIWireClient):
 
     async def count_tokens(self, body: dict[str, Any]) -> int | None:
         """Exact: render with the server's own template, then tokenize."""
+        if self.tools_in_prompt:
+            body = to_prompt_body(body)
         try:
             rendered = await self._http.post(
                 "/apply-template",
@@ -178,6 +244,17 @@ class LlamafileClient(OpenAIWireClient):
             return None
         found = data.get("tokens") if isinstance(data, dict) else None
         return len(found) if isinstance(found, list) else None
+
+
+async def _close_after_stream(request: httpx.Request) -> None:
+    """Ask for a fresh connection per streamed completion.
+
+    llama-server sometimes closes a connection right after a streamed response although it
+    advertised keep-alive; reusing it fails the next request with "Server disconnected without
+    sending a response". A new loopback connection costs far less than that 502.
+    """
+    if request.method == "POST" and b'"stream": true' in request.content:
+        request.headers["Connection"] = "close"
 
 
 def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from forge_core.backend import BackendSettings, BackendSpec, Capabilities
+from forge_core.budget import BUDGET_MODES
 from forge_core.hookspecs import hookimpl
 from forge_llamafile.client import LlamafileClient
 
@@ -16,7 +17,9 @@ OPTIONS = [
         "template that renders tools).",
     ),
     click.Option(
-        ["--num-ctx"], type=click.IntRange(min=256), help="Context size (-c) to launch with."
+        ["--num-ctx", "num_ctx"], type=click.IntRange(min=256),
+        help="Context size (-c) to launch with; implies --budget-mode manual. The server may "
+        "round it: the size in force is read back from /props.",
     ),
     click.Option(
         ["--load-timeout"], type=float, default=180.0, show_default=True,
@@ -46,5 +49,6 @@ def forge_register_backends(register) -> None:  # type: ignore[no-untyped-def]
                 managed=True,
             ),
             cli_options=OPTIONS,
+            budget_modes=BUDGET_MODES,
         )
     )
