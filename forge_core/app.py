@@ -172,6 +172,13 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(watch())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The server is cancelling this request (shutdown after the drain timeout): the
+        # backend request must end with it, not run on detached.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise
     finally:
         watcher.cancel()
     if not task.done():
@@ -277,26 +284,26 @@ async def _stream(
     return _ClosingStream(body(), stack, headers=dict(sse.STREAM_HEADERS))
 
 
-MAX_BATCH = 64 * 1024
-"""Bytes of ready stream pieces sent in one write at most."""
-
-
 class _ClosingStream(StreamingResponse):
     """A stream that always releases its slot and backend stream, even if never iterated.
 
-    Pieces that are ready at the same moment (several backend events that arrived in one
-    read) go out in one write: the bytes are the same, but a write per event is most of a
-    stream's CPU cost. Nothing waits for a batch to fill; a piece that is alone goes out at once.
+    Its pieces go through a :class:`~forge_core.wire.sse.Coalescer`: those ready at the same
+    moment leave in one write, and none waits for another.
     """
 
     def __init__(self, content: AsyncIterator[bytes], stack: AsyncExitStack, **kw: Any) -> None:
         super().__init__(content, media_type="text/event-stream", **kw)
         self._stack = stack
+        self._coalescer: sse.Coalescer | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            # Out here no cancelled scope interrupts the wait: the producer has finished with
+            # the engine's stream before the stack closes it.
+            if self._coalescer is not None:
+                await self._coalescer.aclose()
             await self._stack.aclose()
 
     async def stream_response(self, send: Send) -> None:
@@ -304,30 +311,16 @@ class _ClosingStream(StreamingResponse):
             {"type": "http.response.start", "status": self.status_code,
              "headers": self.raw_headers}
         )
-        pieces = self.body_iterator
-        out = b""
-        pending: asyncio.Future[bytes | None] | None = None
+        coalescer = self._coalescer = sse.Coalescer(self.body_iterator)  # type: ignore[arg-type]
+        done = False
         try:
-            while True:
-                pending = asyncio.ensure_future(anext(pieces, None))  # type: ignore[arg-type]
-                if out:
-                    # One loop turn lets a piece that has already arrived join this write;
-                    # a piece still on its way does not hold back what is ready.
-                    await asyncio.sleep(0)
-                    if not pending.done() or len(out) >= MAX_BATCH:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                        out = b""
-                piece = await pending
-                pending = None
-                if piece is None:
-                    break
-                out += piece if isinstance(piece, bytes) else piece.encode(self.charset)
+            while not done:
+                data, done = await coalescer.take()
+                if data or done:
+                    await send({"type": "http.response.body", "body": data, "more_body": not done})
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-        await send({"type": "http.response.body", "body": out, "more_body": False})
+            if not done:
+                coalescer.cancel()  # waited for in __call__
 
 
 def _models(state: AppState) -> Callable[[Request], Awaitable[Response]]:
@@ -371,6 +364,9 @@ def _count_tokens(state: AppState) -> Callable[[Request], Awaitable[Response]]:
             _check_auth(state, request)
             body = await _read_json(state, request)
             parsed = ANTHROPIC.parse(body, count_only=True)
+            identity = state.resolve_model(parsed.model)  # 404 as on /v1/messages
+            if identity is not None:
+                parsed.call.body["model"] = identity.wire_name
             exact = await state.client.count_tokens(parsed.call.body)
             tokens = exact if exact is not None else ANTHROPIC.estimate_tokens(parsed)
             return JSONResponse({"input_tokens": tokens})

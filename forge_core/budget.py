@@ -323,7 +323,11 @@ async def check_prompt(
 
 async def discover_budget(client: Any, mode: str) -> ContextBudget:
     """The budget in force after ``client.start()``: the context size its status reports."""
-    status = await client.status()
+    try:
+        status = await client.status()
+    except Exception as exc:  # status() must not raise; a plugin bug must not stop serving
+        log.warning("could not read the context size: %s", exc)
+        return ContextBudget(mode, None, f"status failed: {exc}")
     if status.context_size is None:
         log.warning("the backend reports no context size (%s): prompts are not size-checked",
                     status.detail or "no detail")

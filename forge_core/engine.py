@@ -331,6 +331,7 @@ class Engine:
                     finish_reason=verdict.turn.finish_reason,
                     usage=usage,
                     reasoning=shown.reasoning,
+                    stop_sequence=verdict.turn.stop_sequence,
                 )
             verdict.turn.content = sent + verdict.prose
             if attempt == self.settings.max_retries:
@@ -398,6 +399,7 @@ class Engine:
                         calls.add(fragment)
                     if chunk.finish_reason:
                         turn.finish_reason = chunk.finish_reason
+                        turn.stop_sequence = chunk.stop_sequence
                     if chunk.usage:
                         turn.usage = chunk.usage
             except BackendHTTPError as exc:
@@ -417,7 +419,7 @@ class Engine:
             if not plan.guarded:
                 for position, tool_call in enumerate(turn.tool_calls):
                     yield ToolCallReady(position, tool_call)
-                yield Finished(finish_reason(turn), usage)
+                yield Finished(finish_reason(turn), usage, turn.stop_sequence)
                 return
             verdict = self._judge(call, plan, turn, held, parsers)
             if not verdict.problems:
@@ -426,7 +428,7 @@ class Engine:
                     yield TextDelta(piece)
                 for position, tool_call in enumerate(verdict.turn.tool_calls):
                     yield ToolCallReady(position, tool_call)
-                yield Finished(verdict.turn.finish_reason, usage)
+                yield Finished(verdict.turn.finish_reason, usage, verdict.turn.stop_sequence)
                 return
             verdict.turn.content = "".join(sent) + verdict.prose
             if attempt == self.settings.max_retries:

@@ -75,6 +75,8 @@ class ContextExceeded(ClientError):
             f"The prompt is about {prompt_tokens} tokens but the context budget is {budget} "
             "tokens; shorten the conversation or raise the budget (--budget-mode/--num-ctx)."
         )
+        self.prompt_tokens = prompt_tokens
+        self.budget = budget
 
 
 class Unauthorized(ClientError):

@@ -20,13 +20,24 @@ class Limiter:
         self.slots = slots
         self.max_waiting = max_waiting
         self.waiting = 0
+        self.in_use = 0
+        """Slots held right now (requests at the backend)."""
         self._semaphore = asyncio.Semaphore(slots) if slots > 0 else None
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the body of the ``async with``; raise Overloaded if the line is full.
+
+        The slot is released however the body ends, including cancellation when the client
+        disconnects, so the next request in line starts at once.
+        """
         semaphore = self._semaphore
         if semaphore is None:
-            yield
+            self.in_use += 1
+            try:
+                yield
+            finally:
+                self.in_use -= 1
             return
         if semaphore.locked():
             if self.waiting >= self.max_waiting:
@@ -41,7 +52,9 @@ class Limiter:
                 self.waiting -= 1
         else:
             await semaphore.acquire()
+        self.in_use += 1
         try:
             yield
         finally:
+            self.in_use -= 1
             semaphore.release()

@@ -46,6 +46,17 @@ pgid, grace = int(sys.argv[1]), float(sys.argv[2])
 while sys.stdin.buffer.read(4096):
     pass
 def alive():
+    # A live (non-zombie) member of the group; zombies may never be reaped in a container.
+    if os.path.exists("/proc/self/stat"):
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                return True
+        return False
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

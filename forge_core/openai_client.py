@@ -303,7 +303,15 @@ def parse_completion(backend: str, data: Any) -> AssistantTurn:
         finish_reason=finish,
         usage=parse_usage(data.get("usage")),
         reasoning=reasoning if isinstance(reasoning, str) else "",
+        stop_sequence=matched_stop(choices[0]),
     )
+
+
+def matched_stop(choice: dict[str, Any]) -> str | None:
+    """The stop string a choice ended on, where the server reports it (vLLM's ``stop_reason``
+    is the matched string, or a token id, or null); llama-server does not report it."""
+    value = choice.get("stop_reason")
+    return value if isinstance(value, str) and value else None
 
 
 def parse_chunk(backend: str, payload: str) -> BackendChunk | None:
@@ -347,5 +355,7 @@ def parse_chunk(backend: str, payload: str) -> BackendChunk | None:
                 )
             )
         chunk.finish_reason = choice.get("finish_reason")
+        if chunk.finish_reason:
+            chunk.stop_sequence = matched_stop(choice)
     empty = not (chunk.text or chunk.reasoning or chunk.tool_calls)
     return None if empty and not (chunk.finish_reason or chunk.usage) else chunk

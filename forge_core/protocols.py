@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from forge_core.engine import ChatCall
 from forge_core.errors import ForgeError
-from forge_core.turns import AssistantTurn, StreamEvent
+from forge_core.turns import AssistantTurn, Finished, StreamEvent
 from forge_core.wire import anthropic as an
 from forge_core.wire import openai as oa
 
@@ -92,7 +92,10 @@ class AnthropicProtocol:
             turn,
             parsed.model,
             thinking=parsed.request.thinking_enabled,
-            input_tokens=turn.usage.prompt_tokens if turn.usage else 0,
+            matched_stop=an.matched_stop_sequence(
+                parsed.request, turn.stop_sequence, turn.finish_reason
+            ),
+            input_tokens=an.estimate_tokens(parsed.request),  # used when the backend gave none
         )
 
     def stream_emitter(self, parsed: Parsed) -> StreamEmitter:
@@ -101,7 +104,7 @@ class AnthropicProtocol:
             input_tokens=an.estimate_tokens(parsed.request),
             thinking=parsed.request.thinking_enabled,
         )
-        return _AnthropicEmitter(emitter)
+        return _AnthropicEmitter(emitter, parsed.request)
 
     def estimate_tokens(self, parsed: Parsed) -> int:
         return an.estimate_tokens(parsed.request)
@@ -115,13 +118,19 @@ class AnthropicProtocol:
 class _AnthropicEmitter:
     """Adapts the Anthropic emitter's ``feed`` to the app's ``emit``."""
 
-    def __init__(self, inner: an.AnthropicStreamEmitter) -> None:
+    def __init__(self, inner: an.AnthropicStreamEmitter, request: an.MessagesRequest) -> None:
         self._inner = inner
+        self._request = request
 
     def start(self) -> bytes:
         return self._inner.start()
 
     def emit(self, event: StreamEvent) -> bytes:
+        if isinstance(event, Finished):
+            matched = an.matched_stop_sequence(
+                self._request, event.stop_sequence, event.finish_reason
+            )
+            return self._inner.feed(event, matched_stop=matched)
         return self._inner.feed(event)
 
     def error(self, exc: ForgeError) -> bytes:

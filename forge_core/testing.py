@@ -154,8 +154,10 @@ class ScriptedBackend:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if reply.delay:
-                await asyncio.sleep(reply.delay)
+            if reply.delay and not await _sleep_unless_gone(request, reply.delay):
+                # Like a real server noticing the closed connection: stop, answer nobody.
+                self.cancelled += 1
+                return Response(status_code=499)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
@@ -196,6 +198,25 @@ class ScriptedBackend:
             self.in_flight -= 1
             if not finished:
                 self.cancelled += 1
+
+
+async def _sleep_unless_gone(request: Request, delay: float) -> bool:
+    """Sleep ``delay`` seconds; False as soon as the client disconnects instead.
+
+    On loopback (uvicorn) a disconnect does not cancel a plain endpoint, it only shows up as an
+    ``http.disconnect`` message; in-process (ASGITransport) the request task is cancelled.
+    """
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    sleeper, watcher = asyncio.ensure_future(asyncio.sleep(delay)), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, watcher):
+            task.cancel()
+    return sleeper.done() and not sleeper.cancelled()
 
 
 # --- wiring forge to a fake, without a network --------------------------------------------------

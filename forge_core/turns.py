@@ -70,6 +70,9 @@ class AssistantTurn:
     finish_reason: FinishReason | str = "stop"
     usage: Usage | None = None
     reasoning: str = ""
+    stop_sequence: str | None = None
+    """The client's stop string that ended the answer, when the backend says which (vLLM's
+    ``stop_reason``, an Anthropic-wire ``stop_sequence``); None if unknown or not a stop."""
 
     def as_openai_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
@@ -104,6 +107,8 @@ class BackendChunk:
     tool_calls: list[ToolCallFragment] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
+    stop_sequence: str | None = None
+    """As :attr:`AssistantTurn.stop_sequence`, on the chunk that ends the stream."""
 
 
 # Events the pipeline hands to a client-protocol emitter, in order.
@@ -136,6 +141,7 @@ class KeepAlive:
 class Finished:
     finish_reason: str
     usage: Usage | None
+    stop_sequence: str | None = None
 
 
 StreamEvent = TextDelta | ReasoningDelta | ToolCallReady | KeepAlive | Finished

@@ -34,6 +34,7 @@ import enum
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -185,6 +186,8 @@ class Tool(_Open):
     input_schema: dict[str, Any] | None = None
     type: str | None = None
     cache_control: dict[str, Any] | None = None
+    defer_loading: bool = False
+    """Tool search: hidden from the model until a ``tool_reference`` block loads it."""
 
     @property
     def is_server_tool(self) -> bool:
@@ -212,6 +215,8 @@ class ToolChoice(_Open):
 class ThinkingConfig(_Open):
     type: str
     budget_tokens: int | None = None
+    display: str | None = None
+    """``omitted``: the client wants no thinking text back (Claude Code 2.1.3xx sends it)."""
 
 
 class Metadata(_Open):
@@ -231,8 +236,11 @@ class CountTokensRequest(_Open):
 
     @property
     def thinking_enabled(self) -> bool:
-        """True when the client asked for thinking blocks in the answer."""
-        return self.thinking is not None and self.thinking.type != "disabled"
+        """True when the client asked for thinking blocks with their text in the answer."""
+        thinking = self.thinking
+        if thinking is None or thinking.type == "disabled":
+            return False
+        return thinking.display != "omitted"
 
 
 class MessagesRequest(CountTokensRequest):
@@ -339,6 +347,8 @@ def _tool_result_text(block: ToolResultBlock) -> tuple[str, list[dict[str, Any]]
                 part = _image_part(inner)
                 if part:
                     images.append(part)
+            elif (name := _reference_name(inner)) is not None:
+                texts.append(f"Tool loaded: {name}")
             elif isinstance(inner, OtherBlock) and (text := _other_text(inner)) is not None:
                 texts.append(text)
     text = BLOCK_SEPARATOR.join(texts)
@@ -451,10 +461,14 @@ def openai_tools_from(req: CountTokensRequest) -> list[dict[str, Any]]:
     """The request's client tools as OpenAI function tools (``parameters`` = ``input_schema``).
 
     This is also what the guardrails validate calls against. Server tools are dropped with a
-    logged note.
+    logged note. A deferred tool (``defer_loading``) is sent only once the conversation loaded
+    it (a ``tool_reference`` to it, or an earlier call of it), as the Messages API does.
     """
     tools: list[dict[str, Any]] = []
+    loaded = _loaded_tools(req) if any(t.defer_loading for t in req.tools or ()) else set()
     for tool in req.tools or ():
+        if tool.defer_loading and tool.name not in loaded:
+            continue
         if tool.is_server_tool:
             logger.info(
                 "dropping server tool %r (type %s): no forge backend can run it",
@@ -468,6 +482,26 @@ def openai_tools_from(req: CountTokensRequest) -> list[dict[str, Any]]:
         function["parameters"] = tool.input_schema
         tools.append({"type": "function", "function": function})
     return tools
+
+
+def _loaded_tools(req: CountTokensRequest) -> set[str]:
+    """Names the conversation has loaded: ``tool_reference`` blocks and earlier calls."""
+    names: set[str] = set()
+    for message in req.messages:
+        for block in message.content if isinstance(message.content, list) else ():
+            if isinstance(block, ToolUseBlock):
+                names.add(block.name)
+            elif isinstance(block, ToolResultBlock) and isinstance(block.content, list):
+                names.update(_reference_name(inner) or "" for inner in block.content)
+    names.discard("")
+    return names
+
+
+def _reference_name(block: Any) -> str | None:
+    if isinstance(block, OtherBlock) and block.type == "tool_reference":
+        name = getattr(block, "tool_name", None)
+        return name if isinstance(name, str) else None
+    return None
 
 
 def openai_tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
@@ -688,14 +722,29 @@ def anthropic_stop_reason(
 ) -> str:
     """Map an OpenAI finish_reason to Anthropic's ``stop_reason``.
 
-    A matched stop sequence wins ("stop_sequence"); an answer carrying tool calls is always
-    "tool_use" (some backends say "stop" next to calls, and the client must run them anyway).
+    An answer carrying tool calls is always "tool_use" (some backends say "stop" next to calls,
+    and the client must run them anyway); otherwise a matched stop sequence gives
+    "stop_sequence".
     """
-    if matched_stop is not None:
-        return "stop_sequence"
     if has_tool_calls:
         return "tool_use"
+    if matched_stop is not None:
+        return "stop_sequence"
     return _STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
+def matched_stop_sequence(
+    req: CountTokensRequest, reported: str | None, finish_reason: str | None
+) -> str | None:
+    """The request's stop sequence the backend reported stopping on, else None.
+
+    Only a string the client asked for counts (servers report other things in similar
+    fields), and only when the answer stopped normally rather than at max_tokens.
+    """
+    sequences = getattr(req, "stop_sequences", None) or ()
+    if reported is None or finish_reason not in (None, "stop") or reported not in sequences:
+        return None
+    return reported
 
 
 def anthropic_tool_id(call_id: str) -> str:
@@ -776,9 +825,32 @@ def to_anthropic_message(
 # --- errors --------------------------------------------------------------------------------------
 
 
+# llama-server's 400 for a prompt over the slot's context.
+_LLAMA_TOO_LONG = re.compile(
+    r"\((\d+) tokens\) exceeds the available context size \((\d+) tokens\)"
+)
+
+
+def _too_long(exc: ForgeError) -> tuple[int, int] | None:
+    """(prompt tokens, limit) when ``exc`` says the prompt does not fit the context."""
+    tokens, budget = getattr(exc, "prompt_tokens", None), getattr(exc, "budget", None)
+    if isinstance(tokens, int) and isinstance(budget, int):
+        return tokens, budget
+    if exc.status == 400 and (found := _LLAMA_TOO_LONG.search(exc.message)):
+        return int(found[1]), int(found[2])
+    return None
+
+
 def anthropic_error_body(exc: ForgeError) -> dict[str, Any]:
-    """Anthropic's error shape: ``{"type": "error", "error": {"type", "message"}}``."""
-    return {"type": "error", "error": {"type": exc.anthropic_type, "message": exc.message}}
+    """Anthropic's error shape: ``{"type": "error", "error": {"type", "message"}}``.
+
+    A prompt over the context is worded as Anthropic words it ("prompt is too long: N tokens >
+    M maximum"): Claude Code parses exactly that to compact the conversation and retry.
+    """
+    message = exc.message
+    if (sizes := _too_long(exc)) is not None:
+        message = f"prompt is too long: {sizes[0]} tokens > {sizes[1]} maximum. {message}"
+    return {"type": "error", "error": {"type": exc.anthropic_type, "message": message}}
 
 
 def sse_event(name: str, payload: dict[str, Any]) -> bytes:

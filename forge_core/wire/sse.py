@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 STREAM_HEADERS = {
@@ -23,3 +26,75 @@ def data_line(payload: str) -> bytes:
 def event(name: str, payload: dict[str, Any]) -> bytes:
     """One named event (Anthropic style): ``event:`` line, ``data:`` line, blank line."""
     return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+MAX_BATCH = 64 * 1024
+"""Bytes a :class:`Coalescer` gathers at most before its producer waits for the sender."""
+
+
+class Coalescer:
+    """Reads a stream's pieces in a task of its own; the sender takes whatever has piled up.
+
+    Several pieces ready at the same moment (backend events that arrived in one read) then go
+    out in one write instead of one each: the bytes are the same, and a write per event is most
+    of a stream's CPU cost. Nothing waits for a batch to fill: the sender runs as soon as the
+    producer has to wait for its next piece, so a piece that is alone goes out at once. The
+    buffer is bounded, so a slow client still slows the reading down.
+    """
+
+    def __init__(self, pieces: AsyncIterator[bytes], limit: int = MAX_BATCH) -> None:
+        self._buffer = bytearray()
+        self._limit = limit
+        self._done = False
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task = asyncio.ensure_future(self._produce(pieces))
+
+    async def _produce(self, pieces: AsyncIterator[bytes]) -> None:
+        try:
+            async for piece in pieces:
+                self._buffer += piece
+                self._ready.set()
+                if len(self._buffer) >= self._limit:
+                    self._room.clear()
+                    await self._room.wait()
+        except asyncio.CancelledError as exc:
+            self._error = exc
+            raise
+        except Exception as exc:  # handed to the sender, raised there
+            self._error = exc
+        finally:
+            self._done = True
+            self._ready.set()
+            close = getattr(pieces, "aclose", None)
+            if close is not None:  # stopped between pieces: finish the source's own cleanup
+                with contextlib.suppress(Exception):
+                    await close()
+
+    async def take(self) -> tuple[bytes, bool]:
+        """Everything gathered since the last take (waiting for something), and whether the
+        stream is over. A failure of the producer is raised here."""
+        await self._ready.wait()
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._room.set()
+        if not self._done:
+            self._ready.clear()
+            return data, False
+        if self._error is not None:
+            if data:
+                return data, False  # what came before the failure still goes out first
+            raise self._error
+        return data, True
+
+    def cancel(self) -> None:
+        """Stop the producer (it finishes at its next step)."""
+        if not self._task.done():
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop the producer and wait until it has finished (and so closed its source)."""
+        self.cancel()
+        await asyncio.wait({self._task})

@@ -590,3 +590,76 @@ def test_estimate_counts_bytes_so_cjk_is_not_undercounted() -> None:
     ascii_est = estimate_tokens(parse_count_tokens_request(_req(system="a" * 400)))
     cjk_est = estimate_tokens(parse_count_tokens_request(_req(system="字" * 400)))
     assert cjk_est >= ascii_est * 2.5
+
+
+# --- what newer Claude Code versions send ------------------------------------------------------
+
+
+def test_system_messages_inside_messages() -> None:
+    body = _translate(
+        system="Top.",
+        messages=[
+            {"role": "system", "content": "Leading."},
+            {"role": "user", "content": "Hi"},
+            {"role": "system", "content": [{"type": "text", "text": "Later."}]},
+            {"role": "assistant", "content": "Hello."},
+        ],
+    )
+    assert body["messages"] == [
+        {"role": "system", "content": "Top.\n\nLeading."},
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Later."},
+        {"role": "assistant", "content": "Hello."},
+    ]
+
+
+def test_a_leading_system_message_without_a_system_prompt_becomes_it() -> None:
+    messages = [{"role": "system", "content": "S."}, {"role": "user", "content": "Q"}]
+    body = _translate(messages=messages)
+    assert body["messages"] == [
+        {"role": "system", "content": "S."},
+        {"role": "user", "content": "Q"},
+    ]
+
+
+def _tool(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "input_schema": WEATHER_SCHEMA, **extra}
+
+
+def test_deferred_tools_are_hidden_until_loaded() -> None:
+    tools = [_tool("Read"), _tool("Lookup", defer_loading=True), _tool("Other", defer_loading=True)]
+    body = _translate(tools=tools)
+    assert [t["function"]["name"] for t in body["tools"]] == ["Read"]
+    loaded = _translate(
+        tools=tools,
+        messages=[
+            {"role": "user", "content": "find a lookup tool"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_s", "name": "Read", "input": {"location": "x"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_s",
+                 "content": [{"type": "tool_reference", "tool_name": "Lookup"}]}
+            ]},
+        ],
+    )
+    assert [t["function"]["name"] for t in loaded["tools"]] == ["Read", "Lookup"]
+    assert loaded["messages"][-1] == {
+        "role": "tool", "tool_call_id": "toolu_s", "content": "Tool loaded: Lookup"
+    }
+
+
+def test_a_deferred_tool_called_earlier_stays_loaded() -> None:
+    body = _translate(
+        tools=[_tool("Lookup", defer_loading=True)],
+        messages=[
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "Lookup", "input": {"location": "x"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+            ]},
+        ],
+    )
+    assert [t["function"]["name"] for t in body["tools"]] == ["Lookup"]

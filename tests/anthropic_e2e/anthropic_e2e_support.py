@@ -15,15 +15,24 @@ from typing import Any
 
 import anthropic
 import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from forge_core.app import AppState, make_app
-from forge_core.backend import BackendSettings, BackendSpec
+from forge_core.backend import BackendClient, BackendSettings, BackendSpec
 from forge_core.config import GuardrailSettings, ServeConfig
 from forge_core.engine import Engine
 from forge_core.limiter import Limiter
 from forge_core.openai_client import OpenAIWireClient
 from forge_core.plugins import PluginHost
-from forge_core.testing import WEATHER_TOOL, ScriptedBackend, fake_spec, serve_on_loopback
+from forge_core.testing import (
+    WEATHER_TOOL,
+    Reply,
+    ScriptedBackend,
+    fake_spec,
+    serve_on_loopback,
+)
 
 MODEL = "fake-model"
 
@@ -45,20 +54,41 @@ TIME: dict[str, Any] = {
 }
 
 
+def llamafile_spec() -> BackendSpec:
+    """The llamafile plugin's own registration (constrained decoding declared)."""
+    from forge_llamafile.plugin import forge_register_backends
+
+    specs: list[BackendSpec] = []
+    forge_register_backends(specs.append)
+    return specs[0]
+
+
 def state_for(
     backend_url: str,
     *,
     timeout: float = 30.0,
     guardrails: GuardrailSettings | None = None,
     spec: BackendSpec | None = None,
+    llamafile: bool = False,
     **config: Any,
 ) -> AppState:
-    """forge's real engine and OpenAI-wire client in front of the server at ``backend_url``."""
-    spec = spec or fake_spec()
+    """forge's real engine in front of the OpenAI-wire server at ``backend_url``.
+
+    The client is the generic OpenAI-wire one, or with ``llamafile`` the llamafile plugin's
+    (external mode), which constrains retries with a JSON schema.
+    """
     settings = BackendSettings(backend_url=backend_url, model=None, timeout=timeout)
-    client = OpenAIWireClient(
-        settings, name=spec.name, base_url=backend_url, derive_identity=spec.derive_identity
-    )
+    client: BackendClient
+    if llamafile:
+        from forge_llamafile.client import LlamafileClient
+
+        spec = spec or llamafile_spec()
+        client = LlamafileClient(settings)
+    else:
+        spec = spec or fake_spec()
+        client = OpenAIWireClient(
+            settings, name=spec.name, base_url=backend_url, derive_identity=spec.derive_identity
+        )
     serve = ServeConfig(
         backend=settings, plugin=spec.name, guardrails=guardrails or GuardrailSettings(), **config
     )
@@ -104,7 +134,7 @@ def run_forge(
 ) -> Iterator[Forge]:
     """forge on loopback in front of ``backend`` (served on loopback too) or ``backend_url``.
 
-    Keyword arguments go to :func:`state_for` (``timeout``, ``guardrails``, ``spec``) and on
+    Keyword arguments go to :func:`state_for` (``timeout``, ``guardrails``, ``llamafile``) and on
     to :class:`ServeConfig` (``api_key``, ``max_body_bytes``, ``any_model``, ...).
     """
     backend = backend or ScriptedBackend()
@@ -189,3 +219,97 @@ def collapse_text(view: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         else:
             out.append(item)
     return out
+
+
+_DELTA_FOR_BLOCK = {
+    "text": "text_delta",
+    "thinking": "thinking_delta",
+    "tool_use": "input_json_delta",
+}
+
+
+def assert_valid_stream(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """Anthropic's stream state machine, as strict clients enforce it; returns the frames.
+
+    One ``message_start`` first; blocks one at a time with consecutive indexes, each
+    ``content_block_start`` / matching deltas / ``content_block_stop``; then ``message_delta``
+    with a stop_reason and ``message_stop`` last. ``ping`` may appear anywhere in between.
+    """
+    events = frames(raw)
+    names = [name for name, _ in events if name != "ping"]
+    assert names[0] == "message_start" and names.count("message_start") == 1, names
+    assert names[-2:] == ["message_delta", "message_stop"], names
+    assert events[-1][0] == "message_stop"
+    open_block: dict[str, Any] | None = None
+    next_index = 0
+    for name, data in events[1:-2]:
+        if name == "content_block_start":
+            assert open_block is None and data["index"] == next_index, (name, data)
+            open_block = {"index": data["index"], "type": data["content_block"]["type"]}
+            next_index += 1
+        elif name == "content_block_delta":
+            assert open_block is not None and data["index"] == open_block["index"], data
+            assert data["delta"]["type"] == _DELTA_FOR_BLOCK[open_block["type"]], data
+        elif name == "content_block_stop":
+            assert open_block is not None and data["index"] == open_block["index"], data
+            open_block = None
+        else:
+            assert name == "ping", (name, data)
+    assert open_block is None
+    assert events[-2][1]["delta"]["stop_reason"] in ("end_turn", "max_tokens", "tool_use",
+                                                     "stop_sequence")
+    return events
+
+
+def stopped_on(text: str, stop: str, *, stream: bool) -> Reply:
+    """A backend answer that ended on the stop string ``stop``, reported as vLLM does (the
+    choice's ``stop_reason`` holds the matched string; llama-server does not report it)."""
+    choice_end = {"finish_reason": "stop", "stop_reason": stop}
+    if not stream:
+        body = {
+            "id": "chatcmpl-vllm", "object": "chat.completion", "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         **choice_end}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+        }
+        return Reply(raw_body=json.dumps(body).encode())
+
+    def event(delta: dict[str, Any], **end: Any) -> str:
+        chunk = {"object": "chat.completion.chunk", "model": MODEL,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": None, **end}]}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    # Raw events up to [DONE]: forge stops reading there, before the fake's own final chunk.
+    return Reply(stream_chunks=[
+        event({"role": "assistant", "content": text}),
+        event({}, **choice_end),
+        "data: [DONE]\n\n",
+    ])
+
+
+class TokenizingBackend(ScriptedBackend):
+    """A fake llama-server that can render and tokenize (one token per whitespace word) and
+    reports its context size at ``/props``, as the llamafile client expects."""
+
+    def __init__(self, n_ctx: int = 4096) -> None:
+        super().__init__()
+        self.n_ctx = n_ctx
+        self.rendered: list[dict[str, Any]] = []
+        self.app.router.routes += [
+            Route("/apply-template", self._apply_template, methods=["POST"]),
+            Route("/tokenize", self._tokenize, methods=["POST"]),
+            Route("/props", self._props, methods=["GET"]),
+        ]
+
+    async def _props(self, request: Request) -> Response:
+        return JSONResponse({"default_generation_settings": {"n_ctx": self.n_ctx}})
+
+    async def _apply_template(self, request: Request) -> Response:
+        body = await request.json()
+        self.rendered.append(body)
+        text = " ".join(str(m.get("content") or "") for m in body["messages"])
+        return JSONResponse({"prompt": f"<start> {text} <assistant>"})
+
+    async def _tokenize(self, request: Request) -> Response:
+        words = (await request.json())["content"].split()
+        return JSONResponse({"tokens": list(range(len(words)))})

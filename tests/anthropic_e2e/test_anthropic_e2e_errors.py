@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import pytest
-from anthropic_e2e_support import MODEL, WEATHER, Forge, ask, frames, run_forge, steps
+from anthropic_e2e_support import (
+    MODEL,
+    WEATHER,
+    Forge,
+    TokenizingBackend,
+    ask,
+    frames,
+    run_forge,
+    steps,
+)
 
 from forge_core.managed import free_port
 from forge_core.testing import Reply, ScriptedBackend, reply_error, reply_text
@@ -150,14 +160,42 @@ def test_backend_500_is_502_naming_the_backend(forge: Forge, stream: bool) -> No
     assert error["message"] == "Backend 'fake' answered HTTP 500: CUDA out of memory"
 
 
+# What Claude Code parses to compact a conversation that outgrew the context.
+CLAUDE_CODE_TOO_LONG = re.compile(r"prompt is too long[^0-9]*(\d+)\s*tokens?\s*>\s*(\d+)", re.I)
+
+
 def test_backend_400_is_passed_on_as_a_client_error(forge: Forge) -> None:
-    message = "request (20347 tokens) exceeds the available context size (8192 tokens)"
-    forge.backend.push(reply_error(400, {"error": {"code": 400, "message": message}}))
+    forge.backend.push(reply_error(400, {"error": {"message": "tool 'x' has no schema"}}))
     exc = sdk_error(forge, **ask())
     assert exc.status_code == 400
     error = error_of(exc)
     assert error["type"] == "invalid_request_error"
-    assert message in error["message"]
+    assert error["message"] == "Backend 'fake' answered HTTP 400: tool 'x' has no schema"
+
+
+def test_llama_server_context_overflow_is_worded_for_claude_code(forge: Forge) -> None:
+    message = "request (20347 tokens) exceeds the available context size (8192 tokens)"
+    forge.backend.push(reply_error(400, {"error": {"code": 400, "message": message}}))
+    error = error_of(sdk_error(forge, **ask()))
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("prompt is too long: 20347 tokens > 8192 maximum.")
+    assert message in error["message"]  # the backend's own words follow
+    found = CLAUDE_CODE_TOO_LONG.search(error["message"])
+    assert found is not None and found.groups() == ("20347", "8192")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_forge_own_context_check_is_worded_for_claude_code(stream: bool) -> None:
+    # The llamafile client reads n_ctx=64 at /props and counts tokens exactly: a prompt of
+    # 200 words is refused before any backend call, as a 400 Claude Code can act on.
+    with run_forge(TokenizingBackend(n_ctx=64), llamafile=True) as forge:
+        exc = sdk_error(forge, stream, **ask("word " * 200))
+        assert exc.status_code == 400
+        error = error_of(exc)
+        assert error["type"] == "invalid_request_error"
+        found = CLAUDE_CODE_TOO_LONG.search(error["message"])
+        assert found is not None and found.groups() == ("202", "64")
+        assert forge.backend.requests == []
 
 
 def test_a_full_queue_is_503_overloaded_with_retry_after() -> None:

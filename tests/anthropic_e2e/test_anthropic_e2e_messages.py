@@ -11,8 +11,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from anthropic_e2e_support import MODEL, TIME, WEATHER, Forge, ask, frames, run_forge
+from anthropic_e2e_support import (
+    MODEL,
+    TIME,
+    WEATHER,
+    Forge,
+    ask,
+    frames,
+    run_forge,
+    stopped_on,
+)
 
 from forge_core.testing import reply_text, reply_tool_call, reply_tool_calls
 
@@ -304,3 +314,66 @@ def test_parallel_calls_non_streamed(forge: Forge) -> None:
         ("get_weather", {"city": "Oslo"}),
         ("get_time", {"tz": "CET"}),
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_sequence_when_the_backend_reports_the_match(forge: Forge, stream: bool) -> None:
+    forge.backend.push(stopped_on("1, 2, 3, ", "4", stream=stream))
+    body = {**ask("Count to ten."), "stop_sequences": ["4", "five"]}
+    client = forge.sdk()
+    if stream:
+        with client.messages.stream(**body) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**body)
+    assert message.stop_reason == "stop_sequence"
+    assert message.stop_sequence == "4"
+    assert message.content[0].text == "1, 2, 3, "
+    assert forge.last["stop"] == ["4", "five"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reported_stop_the_client_never_asked_for_is_end_turn(
+    forge: Forge, stream: bool
+) -> None:
+    # Only the client's own stop sequences count (a template's stop token is not one).
+    forge.backend.push(stopped_on("Done.", "<|im_end|>", stream=stream))
+    body = {**ask(), "stop_sequences": ["END"]}
+    if stream:
+        _, raw = forge.stream_raw(body)
+        delta = [d for n, d in frames(raw) if n == "message_delta"][0]["delta"]
+        assert delta == {"stop_reason": "end_turn", "stop_sequence": None}
+    else:
+        message = forge.sdk().messages.create(**body)
+        assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+
+
+def test_without_a_report_a_stop_is_end_turn(forge: Forge) -> None:
+    # llama-server (OpenAI wire) does not say which stop matched: end_turn, documented.
+    forge.backend.push(reply_text("1, 2, 3, "))
+    message = forge.sdk().messages.create(**{**ask(), "stop_sequences": ["4"]})
+    assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+
+
+def test_a_recorded_claude_code_2_1_request_is_served(forge: Forge) -> None:
+    # Recorded through forge (long texts trimmed): mid-conversation system message with its own
+    # output_config, a deferred tool, thinking adaptive with display omitted, 128000 max_tokens.
+    recorded = json.loads((FIXTURES / "claude_code_2_1_331_request.json").read_text())
+    body = {**recorded["body"], "model": MODEL}
+    forge.backend.push(reply_text("hi"))
+    with httpx.stream(
+        "POST", forge.url + recorded["path"], json=body, headers=recorded["headers"], timeout=30
+    ) as response:
+        raw = response.read()
+    assert response.status_code == 200, raw
+    assert [n for n, _ in frames(raw)][-2:] == ["message_delta", "message_stop"]
+    sent = forge.last
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]
+    assert sent["messages"][0]["content"].startswith("x-anthropic-billing-header")
+    assert sent["messages"][1]["content"].endswith("say hi")
+    deferred = [t["name"] for t in body["tools"] if t.get("defer_loading")]
+    assert deferred and not {t["function"]["name"] for t in sent["tools"]} & set(deferred)
+    assert len(sent["tools"]) == len(body["tools"]) - len(deferred)
+    assert sent["max_tokens"] == body["max_tokens"] == 128000
+    for name in ("thinking", "context_management", "output_config", "metadata"):
+        assert name not in sent

@@ -103,7 +103,14 @@ def turn_from_message(data: Any) -> AssistantTurn:
         finish_reason=finish_reason_from(data.get("stop_reason")),
         usage=Usage(prompt_tokens_from(usage), _int(usage.get("output_tokens"))),
         reasoning="".join(reasoning),
+        stop_sequence=stop_sequence_from(data.get("stop_sequence")),
     )
+
+
+def stop_sequence_from(value: Any) -> str | None:
+    """The matched stop sequence. llama-server reports it next to ``stop_reason: end_turn``,
+    Anthropic next to ``stop_sequence``: either way forge passes the string on."""
+    return value if isinstance(value, str) and value else None
 
 
 def error_detail(payload: Any) -> str | None:
@@ -223,6 +230,7 @@ class StreamDecoder:
             BackendChunk(
                 finish_reason=finish_reason_from(delta.get("stop_reason")),
                 usage=Usage(prompt, _int(usage.get("output_tokens"))),
+                stop_sequence=stop_sequence_from(delta.get("stop_sequence")),
             )
         ]
 

@@ -163,3 +163,26 @@ def test_decoder_error_event_without_a_known_type_is_a_500() -> None:
         StreamDecoder().feed("error", '{"type": "error", "error": {"message": "strange"}}')
     assert info.value.backend_status == 500
     assert info.value.detail == "strange"
+
+
+@pytest.mark.parametrize("stop_reason", ["stop_sequence", "end_turn"])
+def test_matched_stop_sequence_is_kept(stop_reason: str) -> None:
+    # Anthropic says stop_reason "stop_sequence"; llama-server says "end_turn" next to it.
+    turn = turn_from_message(
+        {"content": [{"type": "text", "text": "1, 2, "}], "stop_reason": stop_reason,
+         "stop_sequence": "3", "usage": {"input_tokens": 5, "output_tokens": 3}}
+    )
+    assert (turn.finish_reason, turn.stop_sequence) == ("stop", "3")
+    decoder = StreamDecoder()
+    decoder.feed("message_start", json.dumps({"type": "message_start", "message": {}}))
+    [chunk] = decoder.feed("message_delta", json.dumps({
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": "3"},
+        "usage": {"output_tokens": 3},
+    }))
+    assert (chunk.finish_reason, chunk.stop_sequence) == ("stop", "3")
+
+
+def test_no_stop_sequence_when_none_matched() -> None:
+    turn = turn_from_message({"content": [], "stop_reason": "end_turn", "stop_sequence": None})
+    assert turn.stop_sequence is None

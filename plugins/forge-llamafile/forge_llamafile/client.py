@@ -80,6 +80,7 @@ class LlamafileClient(OpenAIWireClient):
             timeout=settings.timeout,
             capability=settings.capability,
             options=opts,
+            budget_mode=settings.budget_mode,
         )
         super().__init__(
             named,
