@@ -312,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=Path, default=PROMPTS)
     parser.add_argument("--tools", type=Path, default=TOOLS)
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts")
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per backend call")
     parser.add_argument("--threads", type=int, help="llama-server -t when launching it")
     parser.add_argument("--json", help="write every answer and outcome to this file")

@@ -302,9 +302,11 @@ class _ClosingStream(StreamingResponse):
         finally:
             # Out here no cancelled scope interrupts the wait: the producer has finished with
             # the engine's stream before the stack closes it.
-            if self._coalescer is not None:
-                await self._coalescer.aclose()
-            await self._stack.aclose()
+            try:
+                if self._coalescer is not None:
+                    await self._coalescer.aclose()
+            finally:
+                await self._stack.aclose()
 
     async def stream_response(self, send: Send) -> None:
         await send(
