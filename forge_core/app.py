@@ -37,7 +37,7 @@ from forge_core.errors import (
 )
 from forge_core.limiter import Limiter
 from forge_core.protocols import ANTHROPIC, OPENAI, Protocol
-from forge_core.turns import StreamEvent
+from forge_core.turns import KeepAlive, StreamEvent
 from forge_core.wire import sse
 
 log = logging.getLogger("forge.http")
@@ -254,24 +254,45 @@ async def _stream(
     call: ChatCall,
     parsed: Any,
 ) -> Response:
-    """Start the backend stream before answering 200, so early failures get a real status."""
+    """Wait for the backend's first event before answering 200, so early failures (backend
+    down, unknown model, bad request) get a real status; but not longer than the stream-start
+    grace: a slow prompt on a CPU backend must not trip the client's timeout, so after it the
+    stream starts and keep-alives (pings for Anthropic) flow until the first event arrives.
+    """
     stack = AsyncExitStack()
     await stack.enter_async_context(state.limiter.slot())
     events = state.engine.stream(call)
     stack.push_async_callback(events.aclose)  # type: ignore[attr-defined]
+    first: asyncio.Future[StreamEvent] = asyncio.ensure_future(anext(events))
+
+    async def cancel_first() -> None:  # before events.aclose: its anext must not be running
+        if not first.done():
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+
+    stack.push_async_callback(cancel_first)
     try:
-        # The first event may be long in coming (prompt processing): a client that leaves
-        # meanwhile must cancel the backend request and free the slot too.
-        first = await _until_disconnect(request, anext(events))
+        # A client that leaves meanwhile must cancel the backend request and free the slot.
+        await _until_disconnect(
+            request, asyncio.wait({first}, timeout=state.config.stream_start_grace)
+        )
+        if first.done():
+            first.result()  # raise a failure now, while a status can still be sent
     except BaseException:
         await stack.aclose()
         raise
     emitter = protocol.stream_emitter(parsed)
+    keepalive = state.config.guardrails.keepalive_interval
 
     async def body() -> AsyncIterator[bytes]:
         yield emitter.start()
-        event: StreamEvent | None = first
         try:
+            while not first.done():
+                await asyncio.wait({first}, timeout=keepalive)
+                if not first.done():
+                    yield emitter.emit(KeepAlive())
+            event: StreamEvent | None = first.result()
             while event is not None:
                 yield emitter.emit(event)
                 event = await anext(events, None)

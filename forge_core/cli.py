@@ -185,6 +185,11 @@ def plugins_command(as_json: bool) -> None:
     "cancelled and the backend is stopped.",
 )
 @click.option(
+    "--stream-start-grace", default=20.0, show_default=True, type=float, callback=_positive,
+    help="Seconds a stream waits for the backend before starting with keep-alives "
+    "(earlier failures get a real HTTP status).",
+)
+@click.option(
     "--any-model", is_flag=True,
     help="Answer every model name with the served model (for Claude Code and similar).",
 )
@@ -278,6 +283,7 @@ def build_config(
         max_concurrency=1 if serialize else 0,
         max_queue=opts["max_queue"],
         any_model=opts["any_model"],
+        stream_start_grace=opts.get("stream_start_grace", 20.0),
     )
 
 

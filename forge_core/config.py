@@ -35,6 +35,9 @@ class ServeConfig:
     """Requests sent to the backend at once; 0 means unlimited (no serialization)."""
     max_queue: int = 64
     """Requests allowed to wait for a slot before new ones get 503."""
+    stream_start_grace: float = 20.0
+    """Seconds a streamed request waits for the backend's first event before the 200 and
+    keep-alives start (errors after that arrive as in-stream error events)."""
     any_model: bool = False
     """Serve every requested model name with the backend's model (for clients such as Claude
     Code that send their own model names); off by default, when unknown names get 404."""

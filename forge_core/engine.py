@@ -280,7 +280,8 @@ class Engine:
         """
         call.notes.append(note)
         reasons = "; ".join(p.message for p in verdict.problems)
-        log.warning("guardrails gave up (%s): %s", note, reasons)
+        # Kinds and tool names only: problem messages quote argument values.
+        log.warning("guardrails gave up (%s) tools=%s", note, _tools_of(verdict.problems))
         piece = shown.show_text(verdict.tail)
         if not shown.text.strip():
             piece += shown.show_text(FALLBACK + reasons)
@@ -288,7 +289,7 @@ class Engine:
 
     def _retrying(self, call: ChatCall, problems: list[Problem]) -> None:
         call.notes.append("retry:" + _kinds(problems))
-        log.info("tool call rejected (%s): %s", _kinds(problems), problems[0].message)
+        log.info("tool call rejected (%s) tools=%s", _kinds(problems), _tools_of(problems))
 
     # --- non-streaming ----------------------------------------------------------------------
 
@@ -449,6 +450,10 @@ def _add(total: Usage | None, usage: Usage | None) -> Usage | None:
     if usage is None:
         return total
     return usage if total is None else total + usage
+
+
+def _tools_of(problems: list[Problem]) -> str:
+    return ",".join(sorted({p.tool for p in problems if p.tool})) or "-"
 
 
 def _kinds(problems: list[Problem]) -> str:

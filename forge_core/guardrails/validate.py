@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -82,13 +83,10 @@ class ToolIndex:
         if not isinstance(schema, dict | bool):
             self.notes[name] = "parameters is not a JSON Schema object; any object is accepted"
             return None
-        try:
-            cls = validators.validator_for(schema, default=Draft202012Validator)
-            cls.check_schema(schema)
-            return cls(schema)
-        except Exception as exc:  # SchemaError, or anything a strange schema provokes
-            self.notes[name] = f"invalid parameters schema ({_first_line(exc)}); not enforced"
-            return None
+        validator, note = compiled_validator(schema)
+        if note:
+            self.notes[name] = note
+        return validator
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
@@ -101,6 +99,37 @@ class ToolIndex:
 
     def __bool__(self) -> bool:
         return bool(self._tools)
+
+
+_COMPILED: OrderedDict[str, tuple[Validator | None, str]] = OrderedDict()
+_COMPILED_MAX = 256
+
+
+def compiled_validator(schema: dict[str, Any] | bool) -> tuple[Validator | None, str]:
+    """A checked, compiled validator for ``schema`` and a note when it cannot be enforced.
+
+    Agents send the same tools with every request, and checking a schema costs far more than
+    validating arguments against it, so compiled validators are kept (bounded, LRU) by the
+    schema's canonical JSON. Validators hold no per-call state, so sharing them is safe.
+    """
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        key = None
+    if key is not None and key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key]
+    try:
+        cls = validators.validator_for(schema, default=Draft202012Validator)
+        cls.check_schema(schema)
+        result: tuple[Validator | None, str] = (cls(schema), "")
+    except Exception as exc:  # SchemaError, or anything a strange schema provokes
+        result = (None, f"invalid parameters schema ({_first_line(exc)}); not enforced")
+    if key is not None:
+        _COMPILED[key] = result
+        if len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    return result
 
 
 def _function_of(tool: Any) -> dict[str, Any] | None:

@@ -135,7 +135,7 @@ BASE_OPTS = {
     "backend_timeout": 300.0, "serialize": None, "api_key_env": "FORGE_TEST_KEY_UNSET",
     "host": "127.0.0.1", "port": 1, "max_body_bytes": 10, "max_retries": 3,
     "no_rescue": False, "inject_respond_tool": False, "keepalive_interval": 5.0,
-    "max_queue": 4, "any_model": False,
+    "max_queue": 4, "any_model": False, "stream_start_grace": 20.0,
 }
 
 
