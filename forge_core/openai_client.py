@@ -67,7 +67,9 @@ class OpenAIWireClient(BackendClient):
             base_url=self._base_url,
             headers=headers or {},
             timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            limits=httpx.Limits(
+                max_connections=256, max_keepalive_connections=64, keepalive_expiry=2.0
+            ),  # under the 5 s idle timeout of llama-server and uvicorn: no stale pick
             transport=transport,
         )
 
