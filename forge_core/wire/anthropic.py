@@ -36,7 +36,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -278,22 +278,24 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"{path or 'body'}: {message}", path or None)
 
 
+_Request = TypeVar("_Request", bound=CountTokensRequest)
+
+
 def parse_messages_request(body: Any) -> MessagesRequest:
     """Validate a decoded ``/v1/messages`` body; raise InvalidRequest naming the first bad field."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        return MessagesRequest.model_validate(body)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    return _validated(MessagesRequest, body)
 
 
 def parse_count_tokens_request(body: Any) -> CountTokensRequest:
     """Validate a decoded ``/v1/messages/count_tokens`` body (``max_tokens`` is not needed)."""
+    return _validated(CountTokensRequest, body)
+
+
+def _validated(model: type[_Request], body: Any) -> _Request:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
-        return CountTokensRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
 
