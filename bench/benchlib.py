@@ -323,12 +323,6 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def spawn(argv: list[str], *, quiet: bool = True) -> subprocess.Popen[bytes]:
     """Start a server process; its output goes to /dev/null unless ``quiet`` is False."""
     out = subprocess.DEVNULL if quiet else None

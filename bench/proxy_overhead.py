@@ -31,7 +31,6 @@ from benchlib import (
     backend_argv,
     cpu_seconds,
     forge_argv,
-    free_port,
     loadavg,
     machine,
     memory_kb,
@@ -41,6 +40,8 @@ from benchlib import (
     stop,
     wait_ready,
 )
+
+from forge_core.managed import free_port
 
 TARGETS = ("direct", "passthrough", "forge")
 SCENARIOS = ("plain", "plain-stream", "tools", "tools-stream")

@@ -32,7 +32,6 @@ from benchlib import (
     RawClient,
     backend_argv,
     forge_argv,
-    free_port,
     loadavg,
     machine,
     median,
@@ -41,6 +40,8 @@ from benchlib import (
     stop,
     wait_ready,
 )
+
+from forge_core.managed import free_port
 
 VARIANTS = ("prose", "code-fence", "prose-then-call", "call-first", "native-call")
 
