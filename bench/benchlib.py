@@ -239,6 +239,8 @@ class RawClient:
         self.host, self.port = host, port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.reconnects = 0
+        """Requests resent because the server had silently closed the kept-alive connection."""
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
@@ -249,15 +251,25 @@ class RawClient:
         return self._reader, self._writer
 
     async def request(self, method: str, path: str, body: bytes = b"") -> Reply:
+        message = (
+            f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        reused = self._reader is not None
         reader, writer = await self._connect()
-        writer.write(
-            (
-                f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            writer.write(message)
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            # The server closed a kept-alive connection without saying so (upstream forge
+            # after a stream): resend once on a new one, as HTTP clients do.
+            self.reconnects += 1
+            await self.close()
+            reader, writer = await self._connect()
+            writer.write(message)
+            head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         length, chunked, close = None, False, False
@@ -279,6 +291,10 @@ class RawClient:
                     break
                 chunks.append((time.perf_counter(), data[:-2]))
             payload = b"".join(c for _, c in chunks)
+        elif length is None and status not in (204, 304):  # delimited by the close
+            payload = await reader.read()
+            chunks.append((time.perf_counter(), payload))
+            close = True
         else:
             payload = await reader.readexactly(length or 0)
         if close:
@@ -391,12 +407,16 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, Python {py}"
 
 
-def forge_argv(backend_port: int, port: int, extra: Sequence[str] = ()) -> list[str]:
-    """The real CLI: ``forge serve --plugin llamafile`` in external mode at the fake backend,
-    with forge's defaults (``extra`` adds options, such as ``--log-level warning``)."""
+def forge_argv(
+    backend_port: int, port: int, extra: Sequence[str] = (), plugin: str = "llamafile"
+) -> list[str]:
+    """The real CLI: ``forge serve --plugin llamafile`` (or ``plugin``) in external mode at the
+    fake backend, with forge's defaults (``extra`` adds options, such as ``--log-level
+    warning``). llamafile asks for a new backend connection per stream (llama-server cannot
+    reuse one, see docs/benchmarks.md); ``vllm`` keeps the pooled one."""
     return [
         sys.executable, "-c", "from forge_core.cli import main; main()", "serve",
-        "--plugin", "llamafile", "--backend-url", f"http://127.0.0.1:{backend_port}",
+        "--plugin", plugin, "--backend-url", f"http://127.0.0.1:{backend_port}",
         "--model", MODEL, "--port", str(port), *extra,
     ]
 

@@ -40,10 +40,15 @@ from benchlib import (
     stop,
     wait_ready,
 )
+from peers import argv as peer_argv
+from peers import install as install_peer
+from peers import peers as peer_list
 
 from forge_core.managed import free_port
 
 TARGETS = ("direct", "passthrough", "forge")
+PEER_TARGETS = ("upstream", "litellm")
+"""Run when their venvs exist (see bench/peers.py), or when named with --targets."""
 SCENARIOS = ("plain", "plain-stream", "tools", "tools-stream")
 EXTRA_SCENARIOS = ("large",)
 """Not run by default: name them with --scenarios."""
@@ -349,6 +354,7 @@ def report(
             f"{cell('forge_rps_share', '.0%', 10)} {cell('forge_cpu_ratio', '.2f', 10)}   "
             + ", ".join(verdicts)
         )
+    relative = relative_table(args, results)
     rss = memory.get("forge", {})
     if rss:
         now, peak = rss["VmRSS"] / 1024, rss["VmHWM"] / 1024
@@ -357,23 +363,78 @@ def report(
             f"\nforge resident memory after the run: {now:.1f} MB (peak {peak:.1f} MB) "
             f"{'ok' if peak < 100 else 'MISSED'} (target < 100 MB); passthrough {other:.1f} MB"
         )
-    return {"ratios": ratios, "memory_kb": memory}
+    return {"ratios": ratios, "relative": relative, "memory_kb": memory}
+
+
+def relative_table(args: argparse.Namespace, results: list[Result]) -> list[dict[str, Any]]:
+    """Each target's requests/s relative to the passthrough's in the same run (the issue's
+    table), and forge's targets: >= 1.0x the passthrough, >= 1.2x upstream, >= 5x LiteLLM."""
+    shown = [t for t in args.targets if t not in ("direct", "passthrough")]
+    print("\nrequests/s relative to the passthrough; forge over each peer:")
+    print(f"{'scenario':<13} {'c':>3} " + " ".join(f"{t:>9}" for t in shown)
+          + "   forge/upstream  forge/litellm")
+    rows: list[dict[str, Any]] = []
+    for scenario in args.scenarios:
+        for c in args.concurrency:
+            base = find(results, scenario, "passthrough", c)
+            if base is None or not base.rps:
+                continue
+            row: dict[str, Any] = {"scenario": scenario, "concurrency": c}
+            for t in shown:
+                r = find(results, scenario, t, c)
+                row[t] = r.rps / base.rps if r else None
+            forge = find(results, scenario, "forge", c)
+            for peer in ("upstream", "litellm"):
+                other = find(results, scenario, peer, c)
+                if forge and other and other.rps:
+                    row[f"forge_over_{peer}"] = forge.rps / other.rps
+            rows.append(row)
+
+            def fmt(v: float | None, goal: float = 0.0) -> str:
+                if v is None:
+                    return "-"
+                return f"{v:.2f}" + ("" if not goal or v >= goal else " MISSED")
+
+            print(
+                f"{scenario:<13} {c:>3} "
+                + " ".join(f"{fmt(row[t], 1.0 if t == 'forge' else 0.0):>9}" for t in shown)
+                + f"   {fmt(row.get('forge_over_upstream'), 1.2):>14}"
+                + f"  {fmt(row.get('forge_over_litellm'), 5.0):>13}"
+            )
+    return rows
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    ports = {"direct": free_port(), "passthrough": free_port(), "forge": free_port()}
+    known = peer_list(args.peers_dir)
+    for name in args.targets:
+        if name in known and args.install_peers and not known[name].installed():
+            install_peer(known[name])
+    skipped = [n for n in args.targets if n in known and not known[n].installed()]
+    for name in skipped:
+        print(f"note: peer {name!r} not installed ({known[name].venv}); skipped "
+              "(--install-peers installs it)")
+    args.targets = [t for t in args.targets if t not in skipped]
+    ports = {name: free_port() for name in ("direct", *args.targets)}
     me = [sys.executable, __file__]
     procs = {
         "direct": spawn(backend_argv(ports["direct"], args.chunks)),
         "passthrough": spawn(me + ["--role", "passthrough", "--port", str(ports["passthrough"]),
                                    "--backend-port", str(ports["direct"])]),
-        "forge": spawn(forge_argv(ports["direct"], ports["forge"], args.forge_args),
+        "forge": spawn(forge_argv(ports["direct"], ports["forge"], args.forge_args,
+                                  args.forge_plugin),
                        quiet=not args.verbose),
     }
+    for name in args.targets:
+        if name in known:
+            procs[name] = spawn(peer_argv(known[name], ports["direct"], ports[name]),
+                                quiet=not args.verbose)
     try:
         await wait_ready(ports["direct"], "/health", procs["direct"])
         await wait_ready(ports["passthrough"], "/health", procs["passthrough"])
         await wait_ready(ports["forge"], "/health", procs["forge"])
+        for name in args.targets:
+            if name in known:  # LiteLLM takes a while to import
+                await wait_ready(ports[name], known[name].health, procs[name], timeout=180)
         idle = memory_kb(procs["forge"].pid)
         print(f"machine: {machine()}; load average before: {loadavg()}")
         print(
@@ -383,7 +444,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.time()
         pids = {name: proc.pid for name, proc in procs.items()}
         results = await measure(args, ports, pids)
-        memory = {name: memory_kb(procs[name].pid) for name in ("forge", "passthrough")}
+        memory = {name: memory_kb(procs[name].pid) for name in procs if name != "direct"}
         memory["forge_idle"] = idle
         print(f"load average after: {loadavg()} ({time.time() - started:.0f}s of load)")
     finally:
@@ -405,10 +466,14 @@ def serve_role(args: argparse.Namespace) -> None:
     import uvicorn
     from passthrough import make_passthrough
 
-    # Same uvicorn settings as forge's CLI, so only the application differs.
+    from forge_core import aio
+
+    # Same uvicorn settings as forge's CLI (FORGE_LOOP / FORGE_HTTP too), so only the
+    # application differs.
     uvicorn.run(
         make_passthrough(f"http://127.0.0.1:{args.backend_port}"), host="127.0.0.1",
         port=args.port, log_level="warning", access_log=False, lifespan="on",
+        http=aio.http_impl(), loop="auto" if aio.loop_factory() else "asyncio",
     )
 
 
@@ -423,13 +488,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS),
                         help="comma-separated, from "
                         f"{','.join(SCENARIOS + EXTRA_SCENARIOS)} (default: all but large)")
-    parser.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGETS),
-                        help=f"comma-separated subset of {','.join(TARGETS)}")
+    parser.add_argument("--targets", type=lambda s: s.split(","),
+                        default=list(TARGETS + PEER_TARGETS),
+                        help=f"comma-separated subset of {','.join(TARGETS + PEER_TARGETS)} "
+                        "(peers without a venv are skipped)")
+    parser.add_argument("--peers-dir", default="/work",
+                        help="where the peers' venvs are (venv-upstream, venv-litellm)")
+    parser.add_argument("--install-peers", action="store_true",
+                        help="create the named peers' venvs and install them first")
     parser.add_argument("--chunks", type=int, default=24, help="text chunks per streamed answer")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--verbose", action="store_true", help="show forge's own output")
     parser.add_argument("--forge-args", type=str.split, default=[],
                         help="extra options for forge serve, e.g. '--log-level warning'")
+    parser.add_argument("--forge-plugin", default="llamafile",
+                        help="forge's backend plugin (llamafile: a new backend connection per "
+                        "stream, as llama-server needs; vllm: pooled)")
     parser.add_argument("--role", choices=["passthrough"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--backend-port", type=int, help=argparse.SUPPRESS)
@@ -438,7 +512,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name not in SCENARIOS + EXTRA_SCENARIOS:
             parser.error(f"unknown scenario {name!r}")
     for name in args.targets:
-        if name not in TARGETS:
+        if name not in TARGETS + PEER_TARGETS:
             parser.error(f"unknown target {name!r}")
     return args
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,14 +18,17 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from forge_core import __version__
 from forge_core.backend import BackendClient, BackendSpec, ModelIdentity
-from forge_core.budget import ContextBudget, check_prompt, discover_budget
+from forge_core.boundary import as_forge_error, collect_notes, safe_status
+from forge_core.budget import ContextBudget, discover_budget, fit_request
 from forge_core.config import ServeConfig
+from forge_core.deadline import Deadlines
+from forge_core.drain import Drain
 from forge_core.engine import ChatCall, Engine
 from forge_core.errors import (
     ClientError,
@@ -35,10 +38,17 @@ from forge_core.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from forge_core.guardrails.records import RescueParser
 from forge_core.limiter import Limiter
+from forge_core.ops import attach as attach_ops
 from forge_core.protocols import ANTHROPIC, OPENAI, Protocol
-from forge_core.turns import KeepAlive, StreamEvent
+from forge_core.redact import display_url, install_logging, register, scrub
+from forge_core.status_cache import StatusCache
+from forge_core.transforms import RequestTransform
+from forge_core.turns import Finished, KeepAlive, StreamEvent
 from forge_core.wire import sse
+from forge_core.wire.jsonio import SafeJSONResponse as JSONResponse  # never fails to render
+from forge_core.wire.jsonio import client_json
 
 log = logging.getLogger("forge.http")
 T = TypeVar("T")
@@ -55,6 +65,13 @@ class AppState:
     extra: dict[str, Any] = field(default_factory=dict)
     budget: ContextBudget | None = None
     """The context in force, learned after start; None (or no tokens) means no prompt check."""
+    draining: bool = False
+    """Shutting down: ``/ready`` answers 503 so load balancers stop sending (requests are
+    still served until the listener closes)."""
+    ops: Any = None
+    """The operator's side (metrics, inspector, tracing), set by :func:`forge_core.ops.attach`."""
+    drain: Drain = field(default_factory=Drain)
+    """The end of ``--drain-timeout``: open streams end with an error event, waits with 503."""
 
     def served_names(self) -> list[str]:
         names: list[str] = []
@@ -74,7 +91,25 @@ class AppState:
         raise ModelNotFound(requested, self.served_names())
 
 
+def wire_state(
+    config: ServeConfig,
+    spec: BackendSpec,
+    client: BackendClient,
+    parsers: Sequence[RescueParser] = (),
+    transforms: Sequence[RequestTransform] = (),
+) -> AppState:
+    """The app's parts wired together, in one place: ``forge serve`` and
+    :mod:`forge_core.testing` both build their state here."""
+    deadlines = Deadlines.from_settings(config.backend)  # first token, then silence
+    engine = Engine(client, spec, config.guardrails, parsers, transforms, deadlines)
+    limiter = Limiter(config.max_concurrency, config.max_queue)
+    return AppState(config=config, spec=spec, client=client, engine=engine, limiter=limiter)
+
+
 def make_app(state: AppState) -> Starlette:
+    register(state.config.api_key)  # scrubbed from every message and log line
+    install_logging()
+
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not state.started:  # the CLI starts the client itself, before binding the port
             await state.client.start()
@@ -85,6 +120,7 @@ def make_app(state: AppState) -> Starlette:
         finally:
             await state.client.aclose()
 
+    ops = attach_ops(state)  # metrics, inspector, tracing: proxies on the engine and limiter
     routes = [
         Route("/v1/chat/completions", _endpoint(state, OPENAI), methods=["POST"]),
         Route("/chat/completions", _endpoint(state, OPENAI), methods=["POST"]),
@@ -93,11 +129,16 @@ def make_app(state: AppState) -> Starlette:
         Route("/v1/models", _models(state), methods=["GET"]),
         Route("/health", _health, methods=["GET"]),
         Route("/ready", _ready(state), methods=["GET"]),
+        *ops.routes,
     ]
     app = Starlette(
         routes=routes,
+        middleware=ops.middleware,
         lifespan=contextlib.asynccontextmanager(lifespan),
-        exception_handlers={HTTPException: _http_exception},  # type: ignore[dict-item]
+        exception_handlers={
+            HTTPException: _http_exception,
+            Exception: _unhandled(state),  # last resort for routes without their own boundary
+        },  # type: ignore[dict-item]
     )
     app.state.forge = state
     return app
@@ -123,6 +164,16 @@ async def _http_exception(request: Request, exc: HTTPException) -> Response:
     return response
 
 
+def _unhandled(state: AppState) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """An exception no route caught: still an error in the client's shape, never plain text."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        error = as_forge_error(exc, state.client, state.spec.name)
+        return _protocol_for(request.url.path).error_response(error)
+
+    return handler
+
+
 # --- request reading --------------------------------------------------------------------------
 
 
@@ -134,8 +185,20 @@ def _check_auth(state: AppState, request: Request) -> None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         given = given or auth[7:].strip()
-    if given != key:
+    # Constant time: the comparison must not tell an attacker how much of a guess was right.
+    if not hmac.compare_digest((given or "").encode(), key.encode()):
         raise Unauthorized("Missing or invalid API key for this forge proxy.")
+
+
+def _auth_failure(state: AppState, request: Request) -> Response | None:
+    """For the GET endpoints: the 401 in the caller's shape (Anthropic SDKs send
+    ``anthropic-version``), or None when the key is right or none is set."""
+    try:
+        _check_auth(state, request)
+    except Unauthorized as exc:
+        anthropic = "anthropic-version" in request.headers
+        return (ANTHROPIC if anthropic else OPENAI).error_response(exc)
+    return None
 
 
 async def _read_json(state: AppState, request: Request) -> Any:
@@ -153,14 +216,13 @@ async def _read_json(state: AppState, request: Request) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    # Strict: NaN, 1e400, nesting past jsonio.MAX_DEPTH are a 400; lone surrogates become U+FFFD.
+    return client_json(raw)
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work`` but cancel it (and its backend request) if the client goes away."""
+async def _until_disconnect(request: Request, work: Awaitable[T], drain: Drain | None = None) -> T:
+    """Run ``work`` but cancel it (and its backend request) if the client goes away, or with
+    a 503 (:class:`~forge_core.errors.ShuttingDown`) when ``drain``'s time is over."""
     task = asyncio.ensure_future(work)
 
     async def watch() -> None:
@@ -170,8 +232,11 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
                 return
 
     watcher = asyncio.ensure_future(watch())
+    ended = drain.future() if drain is not None else None
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        waits = {task, watcher, ended} if ended is not None else {task, watcher}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        client_left = watcher.done()
     except asyncio.CancelledError:
         # The server is cancelling this request (shutdown after the drain timeout): the
         # backend request must end with it, not run on detached.
@@ -185,6 +250,8 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if drain is not None and drain.expired and not client_left:
+            raise drain.error()
         log.info("client disconnected; backend request cancelled")
         raise ClientGone
     return task.result()
@@ -203,16 +270,23 @@ def _endpoint(state: AppState, protocol: Protocol) -> Callable[[Request], Awaita
             _check_auth(state, request)
             body = await _read_json(state, request)
             parsed = protocol.parse(body)
+            collect_notes(parsed.call.notes)  # a failing parser/transform notes itself here
             identity = state.resolve_model(parsed.model)
             call = parsed.call
             if identity is not None:
                 call.body = {**call.body, "model": identity.wire_name}
             if state.budget is not None:  # a clear 400 instead of a silently truncated prompt
-                await check_prompt(call.body, state.budget.tokens, state.client.count_tokens)
+                call.body, clamped = await fit_request(
+                    call.body, state.budget.tokens, state.client.count_tokens
+                )
+                if clamped:
+                    call.notes.append(clamped)
             if parsed.stream:
                 return await _stream(state, protocol, request, parsed.model, call, parsed)
             async with state.limiter.slot():
-                turn = await _until_disconnect(request, state.engine.complete(call))
+                turn = await _until_disconnect(
+                    request, state.engine.complete(call), state.drain
+                )
             _log_request(protocol, parsed, call, turn.finish_reason)
             headers = _guardrail_headers(call)
             return JSONResponse(protocol.completion(turn, parsed), headers=headers)
@@ -222,6 +296,8 @@ def _endpoint(state: AppState, protocol: Protocol) -> Callable[[Request], Awaita
         except ClientGone:
             # 499 as nginx logs it; uvicorn drops writes to a closed connection.
             return Response(status_code=499)
+        except Exception as exc:  # the boundary: plugin bugs answer in the client's shape
+            return protocol.error_response(as_forge_error(exc, state.client, state.spec.name))
 
     return endpoint
 
@@ -275,7 +351,8 @@ async def _stream(
     try:
         # A client that leaves meanwhile must cancel the backend request and free the slot.
         await _until_disconnect(
-            request, asyncio.wait({first}, timeout=state.config.stream_start_grace)
+            request, asyncio.wait({first}, timeout=state.config.stream_start_grace),
+            state.drain,
         )
         if first.done():
             first.result()  # raise a failure now, while a status can still be sent
@@ -285,24 +362,44 @@ async def _stream(
     emitter = protocol.stream_emitter(parsed)
     keepalive = state.config.guardrails.keepalive_interval
 
+    drain = state.drain
+
     async def body() -> AsyncIterator[bytes]:
         yield emitter.start()
         try:
             while not first.done():
-                await asyncio.wait({first}, timeout=keepalive)
+                with drain.interruptible():  # the drain's end interrupts waits, not writes
+                    await asyncio.wait({first}, timeout=keepalive)
                 if not first.done():
                     yield emitter.emit(KeepAlive())
             event: StreamEvent | None = first.result()
             while event is not None:
                 yield emitter.emit(event)
-                event = await anext(events, None)
+                if isinstance(event, Finished):  # the end is out: no error may follow it
+                    event = await anext(events, None)
+                    continue
+                with drain.interruptible():
+                    event = await anext(events, None)
         except ForgeError as exc:
             _log_error(exc)
-            yield emitter.error(exc)
+            yield _stream_error(emitter, exc)
+        except Exception as exc:  # the boundary, after the 200: an error event, then the end
+            yield _stream_error(emitter, as_forge_error(exc, state.client, state.spec.name))
         finally:
             _log_request(protocol, parsed, call, "streamed")
 
-    return _ClosingStream(body(), stack, headers=dict(sse.STREAM_HEADERS))
+    # Notes known before the answer (a clamped max_tokens) go out with the headers.
+    headers = {**sse.STREAM_HEADERS, **_guardrail_headers(call)}
+    return _ClosingStream(body(), stack, headers=headers)
+
+
+def _stream_error(emitter: Any, exc: ForgeError) -> bytes:
+    """The protocol's in-stream error and end; nothing if the stream had already ended."""
+    try:
+        return emitter.error(exc)  # type: ignore[no-any-return]
+    except Exception:
+        log.exception("could not report %s in the stream", type(exc).__name__)
+        return b""
 
 
 class _ClosingStream(StreamingResponse):
@@ -348,8 +445,17 @@ class _ClosingStream(StreamingResponse):
 
 def _models(state: AppState) -> Callable[[Request], Awaitable[Response]]:
     async def models(request: Request) -> Response:
+        if (denied := _auth_failure(state, request)) is not None:
+            return denied
+        context = _context_fields(state.budget.tokens if state.budget else None)
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": f"forge/{state.spec.name}"}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": f"forge/{state.spec.name}",
+                **context,
+            }
             for name in state.served_names()
         ]
         return JSONResponse({"object": "list", "data": data})
@@ -357,18 +463,37 @@ def _models(state: AppState) -> Callable[[Request], Awaitable[Response]]:
     return models
 
 
+def _context_fields(tokens: int | None) -> dict[str, Any]:
+    """The context in force under the names clients read: ``context_length`` (OpenRouter, LM
+    Studio and the model-discovery plugins of agents), ``max_model_len`` (vLLM),
+    ``max_input_tokens`` (Anthropic's Models API) and ``meta.n_ctx`` (llama-server). Nothing
+    when the backend did not say."""
+    if not tokens:
+        return {}
+    return {
+        "context_length": tokens,
+        "max_model_len": tokens,
+        "max_input_tokens": tokens,
+        "meta": {"n_ctx": tokens},
+    }
+
+
 async def _health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
 def _ready(state: AppState) -> Callable[[Request], Awaitable[Response]]:
+    statuses = StatusCache(lambda: safe_status(state.client, state.spec.name))
+
     async def ready(request: Request) -> Response:
-        status = await state.client.status()
+        if (denied := _auth_failure(state, request)) is not None:
+            return denied
+        status = await statuses.get()  # at most one backend probe per READY_TTL
         body = {
             "ready": status.ready,
             "backend": state.spec.name,
-            "backend_url": state.client.base_url,
-            "detail": status.detail,
+            "backend_url": display_url(state.client.base_url),  # never with credentials
+            "detail": scrub(status.detail),
             "models": state.served_names() or status.models,
             "capability": state.config.backend.capability,
             "context_size": status.context_size,
@@ -376,7 +501,10 @@ def _ready(state: AppState) -> Callable[[Request], Awaitable[Response]]:
             "context_budget": state.budget.tokens if state.budget else status.context_size,
             **status.extra,
         }
-        return JSONResponse(body, status_code=200 if status.ready else 503)
+        if state.draining:  # a load balancer must stop sending before the listener closes
+            body.update(ready=False, detail="draining: forge is shutting down")
+        ready = status.ready and not state.draining
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     return ready
 
@@ -395,5 +523,7 @@ def _count_tokens(state: AppState) -> Callable[[Request], Awaitable[Response]]:
             return JSONResponse({"input_tokens": tokens})
         except ForgeError as exc:
             return ANTHROPIC.error_response(exc)
+        except Exception as exc:  # the boundary (count_tokens is plugin code)
+            return ANTHROPIC.error_response(as_forge_error(exc, state.client, state.spec.name))
 
     return count

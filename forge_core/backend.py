@@ -63,14 +63,19 @@ def identity_as_is(served_name: str) -> ModelIdentity:
 class BackendSettings:
     """Everything the host resolved from the command line for the chosen backend."""
 
-    backend_url: str | None
+    backend_url: str | None = field(repr=False)  # may hold userinfo: never in a repr
     model: str | None
     timeout: float
+    """``--backend-timeout``: seconds to the first token (the whole answer when not streamed)."""
     capability: BackendCapability = "native"
-    options: dict[str, Any] = field(default_factory=dict)
-    """Values of the plugin's own CLI options, by parameter name."""
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Values of the plugin's own CLI options, by parameter name (header values among them:
+    kept out of the repr)."""
     budget_mode: str = "backend"
     """``--budget-mode``: backend, manual (the plugin's ``num_ctx``), forge-full or forge-fast."""
+    idle_timeout: float | None = None
+    """``--backend-idle-timeout``: the longest silence once tokens flow (None: the default,
+    see :mod:`forge_core.deadline`). Applied by the engine for every plugin."""
 
 
 @dataclass(slots=True)
@@ -113,6 +118,10 @@ class BackendClient(abc.ABC):
     tools_in_prompt: bool = False
     """True when the client renders tools into the prompt (``--backend-capability prompt``): the
     backend then answers calls as text, so the engine must parse text even with ``--no-rescue``."""
+    declined_transforms: frozenset[str] = frozenset()
+    """Names of request transforms this client's upstream must not get (e.g. the Anthropic
+    client declines ``strip-billing-header`` when it talks to Anthropic's own API); set it in
+    ``__init__``, the engine reads it once."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once in the app's lifespan before serving (launch, discover, warm up)."""
@@ -123,7 +132,12 @@ class BackendClient(abc.ABC):
     @property
     @abc.abstractmethod
     def base_url(self) -> str:
-        """The URL requests go to (shown in the ready line, never with credentials)."""
+        """The URL requests go to, for display: the ready line, ``/ready``, error messages.
+
+        Never with credentials: no userinfo, no query (use
+        :func:`forge_core.redact.display_url`). A client holding a key or header secret
+        registers it with :mod:`forge_core.redact` so it is scrubbed from all output.
+        """
 
     @abc.abstractmethod
     def models(self) -> Sequence[ModelIdentity]:

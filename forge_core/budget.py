@@ -17,7 +17,6 @@ can be sized before the server exists.
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from forge_core.errors import ContextExceeded, PluginError
+from forge_core.wire.jsonio import dumps
 
 log = logging.getLogger("forge.budget")
 
@@ -269,24 +269,33 @@ density, which real text (prose ~4, code ~3.5 characters per token) does not rea
 
 
 def prompt_chars(body: Mapping[str, Any]) -> int:
-    """Characters the backend will tokenize: message contents, tool calls and tool schemas."""
+    """Characters the backend will tokenize: message contents, tool calls and tool schemas.
+
+    Only text counts: a part whose ``text`` is not a string (the backend will judge it) adds
+    nothing, so no shape of body can make the check itself fail.
+    """
     total = 0
-    for message in body.get("messages") or []:
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
         if not isinstance(message, dict):
             continue
         content = message.get("content")
         if isinstance(content, str):
             total += len(content)
         elif isinstance(content, list):
-            total += sum(
-                len(part.get("text") or "") for part in content if isinstance(part, dict)
-            )
-        for call in message.get("tool_calls") or []:
-            total += len(json.dumps(call, ensure_ascii=False))
+            total += sum(_text_len(part) for part in content)
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            total += sum(len(dumps(call)) for call in calls)
     tools = body.get("tools")
     if tools:
-        total += len(json.dumps(tools, ensure_ascii=False))
+        total += len(dumps(tools))
     return total
+
+
+def _text_len(part: Any) -> int:
+    text = part.get("text") if isinstance(part, dict) else part
+    return len(text) if isinstance(text, str) else 0
 
 
 def estimate_tokens(body: Mapping[str, Any], chars_per_token: float = CHARS_PER_TOKEN) -> int:
@@ -319,6 +328,66 @@ async def check_prompt(
     if floor >= budget:
         raise ContextExceeded(rough, budget)
     return rough
+
+
+DENSE_CHARS_PER_TOKEN = 3.0
+"""Without an exact count, ``max_tokens`` is clamped as if the prompt were this dense (JSON and
+code reach ~3), so the room left is not overestimated."""
+MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+def _asked_fields(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The token-limit fields the body sets to a positive integer."""
+    return tuple(
+        f for f in MAX_TOKEN_FIELDS
+        if isinstance(v := body.get(f), int) and not isinstance(v, bool) and v > 0
+    )
+
+
+def _asked_tokens(body: Mapping[str, Any]) -> int | None:
+    fields = _asked_fields(body)
+    return max(body[f] for f in fields) if fields else None
+
+
+async def fit_request(
+    body: dict[str, Any], budget: int | None, count_exact: Any = None
+) -> tuple[dict[str, Any], str | None]:
+    """The body to send, with ``max_tokens`` clamped to the room the prompt leaves, and a note
+    (``max-tokens-clamped:N``) when it was clamped.
+
+    Agents ask for far more than a local context holds (Claude Code 32000-128000, opencode
+    32000), and vLLM refuses a request whose prompt + ``max_tokens`` exceed its context, so a
+    request that fits gets ``max_tokens`` = budget - prompt instead of an error. Only a prompt
+    that alone does not fit is refused (:class:`ContextExceeded`, as :func:`check_prompt`). The
+    prompt is counted exactly where the backend can (``count_exact``), only when an estimate
+    says it might matter; otherwise estimated densely (:data:`DENSE_CHARS_PER_TOKEN`).
+    ``max_tokens`` and ``max_completion_tokens`` are both clamped; absent ones stay absent.
+    """
+    if not budget:
+        return body, None
+    asked = _asked_tokens(body)
+    rough, dense = estimate_tokens(body), estimate_tokens(body, DENSE_CHARS_PER_TOKEN)
+    if rough < budget // 2 and (asked is None or dense + asked <= budget):
+        return body, None  # plainly fits: no counting
+    exact = await count_exact(dict(body)) if count_exact is not None else None
+    plain = estimate_tokens(body, PLAIN_CHARS_PER_TOKEN)
+    if exact is not None and exact >= budget:
+        raise ContextExceeded(exact, budget)
+    if exact is None and plain >= budget:
+        raise ContextExceeded(rough, budget)
+    if asked is None:
+        return body, None
+    # The most careful estimate that still leaves room (plain always does, or it was refused).
+    estimates = (exact,) if exact is not None else (dense, rough, plain)
+    room = next((budget - p for p in estimates if budget - p >= 1), 1)
+    if asked <= room:
+        return body, None
+    clamped = dict(body)
+    for field in _asked_fields(body):
+        clamped[field] = min(body[field], room)
+    log.info("max_tokens %d clamped to %d: the prompt is %s%d tokens of a %d-token budget",
+             asked, room, "" if exact is not None else "about ", budget - room, budget)
+    return clamped, f"max-tokens-clamped:{room}"
 
 
 async def discover_budget(client: Any, mode: str) -> ContextBudget:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -13,12 +14,16 @@ from typing import Any
 
 import click
 
-from forge_core import __version__
-from forge_core.backend import BackendSettings, BackendSpec
+from forge_core import __version__, aio, config_file
+from forge_core.backend import BackendClient, BackendSettings, BackendSpec
+from forge_core.boundary import as_forge_error
 from forge_core.budget import BUDGET_MODES
 from forge_core.config import DEFAULT_MAX_BODY, GuardrailSettings, ServeConfig
+from forge_core.deadline import DEFAULT_IDLE
 from forge_core.errors import ForgeError, PluginError
-from forge_core.plugins import PluginHost, install_hint, installed_plugins
+from forge_core.plugins import PluginHost, hook_table, install_hint, installed_plugins
+from forge_core.redact import display_url, scrub
+from forge_core.transforms import RequestTransform, active_transforms
 
 log = logging.getLogger("forge")
 
@@ -27,6 +32,12 @@ def _positive(ctx: click.Context, param: click.Parameter, value: float) -> float
     if not math.isfinite(value) or value <= 0:
         raise click.BadParameter(f"must be a finite number > 0, got {value}")
     return value
+
+
+def _positive_or_none(
+    ctx: click.Context, param: click.Parameter, value: float | None
+) -> float | None:
+    return None if value is None else _positive(ctx, param, value)
 
 
 def _choose_plugin(requested: str | None) -> str:
@@ -48,7 +59,14 @@ class ServeCommand(click.Command):
     """``serve`` whose options grow with the chosen plugin's own, for parsing and --help."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        name = _peek_option(args, "--plugin")
+        config_path = _peek_option(args, "--config") or os.environ.get("FORGE_CONFIG")
+        try:
+            from_file = config_file.read(config_path) if config_path else {}
+        except config_file.ConfigFileError as exc:
+            _fail(str(exc))
+        name = _peek_option(args, "--plugin") or os.environ.get("FORGE_PLUGIN") or (
+            str(from_file["plugin"]) if from_file.get("plugin") else None
+        )
         if "--help" in args and name is None:
             return super().parse_args(ctx, args)
         try:
@@ -64,6 +82,12 @@ class ServeCommand(click.Command):
         ctx.meta["forge.spec"] = spec
         known = {p.name for p in self.params}
         self.params = [*self.params, *(o for o in spec.cli_options if o.name not in known)]
+        if from_file:  # below flags and FORGE_* variables: click's default_map
+            try:
+                checked = config_file.check(config_path or "", from_file, self.params, ctx)
+            except config_file.ConfigFileError as exc:
+                _fail(str(exc))
+            ctx.default_map = {**(ctx.default_map or {}), **checked}
         return super().parse_args(ctx, args)
 
 
@@ -87,14 +111,23 @@ def main() -> None:
     """forge: reliable tool calling in front of self-hosted LLM servers."""
 
 
+DISABLE_PLUGIN = click.option(
+    "--disable-plugin", "disable_plugin", multiple=True, metavar="NAME",
+    help="Do not load this forge.plugins plugin (rescue parsers, transforms); repeatable.",
+)
+
+
 @main.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def plugins_command(as_json: bool) -> None:
-    """List installed backend plugins, their versions and declared capabilities."""
+@DISABLE_PLUGIN
+def plugins_command(as_json: bool, disable_plugin: tuple[str, ...] = ()) -> None:
+    """List installed plugins: backends with their capabilities, every plugin's hooks and
+    what it registered, in the order forge runs them."""
     installed = installed_plugins()
     host = PluginHost()
     host.load()
     try:
+        host.load_extensions(disable_plugin)
         specs = host.backends()
     except ForgeError as exc:
         _fail(exc.message)
@@ -112,9 +145,14 @@ def plugins_command(as_json: bool) -> None:
             }
         )
     parsers = [{"name": p.name, "order": p.order} for p in host.rescue_parsers()]
-    transforms = [{"name": t.name, "order": t.order} for t in host.transforms()]
+    transforms = [
+        {"name": t.name, "order": t.order, "description": t.description}
+        for t in host.transforms()
+    ]
+    table = hook_table(host)
     if as_json:
-        out = {"plugins": rows, "rescue_parsers": parsers, "request_transforms": transforms}
+        out = {"plugins": rows, "rescue_parsers": parsers, "request_transforms": transforms,
+               "hooks": table}
         click.echo(json.dumps(out, indent=2))
         return
     if not rows:
@@ -135,11 +173,39 @@ def plugins_command(as_json: bool) -> None:
         if row["description"]:
             click.echo(f"{'':<10} {row['description']}")
     click.echo("rescue parsers (in order): " + ", ".join(p["name"] for p in parsers))
+    _echo_hooks(table)
     if transforms:
-        click.echo("request transforms (in order): " + ", ".join(t["name"] for t in transforms))
+        click.echo("request transforms (in order; off with --no-transform NAME):")
+        for t in transforms:
+            click.echo(f"  {t['name']} ({t['order']})" + (f": {t['description']}"
+                                                          if t["description"] else ""))
 
 
-@main.command("serve", cls=ServeCommand)
+def _echo_hooks(table: list[dict[str, Any]]) -> None:
+    """Each plugin's hooks and registrations (with their order), failures and disabled ones."""
+    click.echo("hooks by plugin:")
+    for row in table:
+        head = f"  {row['name']:<18} {row['kind']:<9} {row['distribution']}"
+        if row["status"] != "loaded":
+            click.echo(f"{head}  {row['status'].upper()}" + (f": {row['error']}"
+                                                             if row["error"] else ""))
+            continue
+        click.echo(head)
+        for hook in row["hooks"]:
+            names = [f"{r['name']} ({r['order']})" if r["order"] is not None else r["name"]
+                     for r in row["registered"] if r["hook"] == hook]
+            click.echo(f"    {hook}: {', '.join(names) or '-'}")
+
+
+@main.command(
+    "serve", cls=ServeCommand,
+    context_settings={"auto_envvar_prefix": config_file.ENV_PREFIX},
+)
+@click.option(
+    "--config", type=click.Path(dir_okay=False),
+    help="TOML file with serve options (keys: long option names with _); flags and FORGE_* "
+    "environment variables override it.",
+)
 @click.option("--plugin", help="Backend plugin to load (only this one is imported).")
 @click.option("--backend-url", help="URL of a running backend (external mode).")
 @click.option("--model", help="Model to serve: a name, a path, or 'demo' where the plugin has one.")
@@ -147,7 +213,13 @@ def plugins_command(as_json: bool) -> None:
 @click.option("--port", default=8081, show_default=True, type=int)
 @click.option(
     "--backend-timeout", default=300.0, show_default=True, type=float, callback=_positive,
-    help="Seconds to wait for the backend's answer.",
+    help="Seconds to wait for the backend's first token (for a non-streamed request, its "
+    "whole answer); prompt processing counts. Keep-alive bytes are not tokens.",
+)
+@click.option(
+    "--backend-idle-timeout", type=float, default=None, callback=_positive_or_none,
+    help="Seconds of silence allowed once tokens flow, before the answer ends with a timeout "
+    "[default: 60, or --backend-timeout if smaller].",
 )
 @click.option(
     "--backend-capability", type=click.Choice(["native", "prompt"]), default="native",
@@ -158,6 +230,21 @@ def plugins_command(as_json: bool) -> None:
 @click.option(
     "--no-constrained-retry", is_flag=True,
     help="Retry with corrective messages only, even when the backend can constrain its output.",
+)
+@click.option(
+    "--retry-context", type=click.Choice(["clean", "feedback"]), default="clean",
+    show_default=True,
+    help="A constrained retry re-asks the conversation as it was (clean) or adds the failed "
+    "answer and a correction (feedback).",
+)
+@click.option(
+    "--no-placeholder-check", is_flag=True,
+    help="Accept arguments that only repeat a parameter or tool name, or a <...> template.",
+)
+@click.option(
+    "--auto-intent", type=click.Choice(["on", "off"]), default="on", show_default=True,
+    help="Under tool_choice auto, retry prose that tries to use a tool (`get_weather(...)`, "
+    "a backticked tool name, code calling it) as a failed call.",
 )
 @click.option(
     "--inject-respond-tool", is_flag=True,
@@ -181,13 +268,18 @@ def plugins_command(as_json: bool) -> None:
 )
 @click.option(
     "--drain-timeout", default=10.0, show_default=True, type=float, callback=_positive,
-    help="On SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are "
-    "cancelled and the backend is stopped.",
+    help="On SIGINT/SIGTERM, seconds in-flight requests may take to finish; then open streams "
+    "end with an error event, waiting requests get 503, and the backend is stopped.",
 )
 @click.option(
     "--stream-start-grace", default=20.0, show_default=True, type=float, callback=_positive,
     help="Seconds a stream waits for the backend before starting with keep-alives "
     "(earlier failures get a real HTTP status).",
+)
+@click.option(
+    "--no-transform", "no_transform", multiple=True, metavar="NAME",
+    help="Turn off a request transform by name (repeatable; `forge plugins` lists them), "
+    "e.g. --no-transform strip-billing-header.",
 )
 @click.option(
     "--any-model", is_flag=True,
@@ -199,6 +291,25 @@ def plugins_command(as_json: bool) -> None:
 )
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--metrics/--no-metrics", default=True, show_default=True,
+    help="Serve Prometheus /metrics (under the API key unless --metrics-public).",
+)
+@click.option("--metrics-public", is_flag=True, help="Serve /metrics without the API key.")
+@click.option(
+    "--inspect", default=0, show_default=True, type=click.IntRange(0, 10000), metavar="N",
+    help="Keep the last N chat requests (redacted) for /forge/ and /forge/requests; 0: off.",
+)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+    help="Worker processes on the one port (a managed backend is still started once).",
+)
+@click.option(
+    "--drain-delay", default=0.0, show_default=True, type=click.FloatRange(0, 3600),
+    help="On SIGTERM, seconds /ready answers 503 while requests are still served, before the "
+    "listener closes (give a load balancer time to stop sending).",
+)
+@DISABLE_PLUGIN
 @click.pass_context
 def serve_command(ctx: click.Context, **opts: Any) -> None:
     """Run the proxy in front of one backend."""
@@ -209,13 +320,24 @@ def serve_command(ctx: click.Context, **opts: Any) -> None:
     host: PluginHost = ctx.meta["forge.host"]
     spec: BackendSpec = ctx.meta["forge.spec"]
     plugin_opts = {o.name: opts.pop(o.name) for o in spec.cli_options if o.name in opts}
+    opts.pop("config", None)
+    disabled = tuple(opts.get("disable_plugin") or ())
     try:
+        host.load_extensions(opts.pop("disable_plugin", ()))  # every forge.plugins plugin
         config = build_config(spec, opts, plugin_opts)
         app_state = build_state(host, spec, config)
     except ForgeError as exc:
         _fail(exc.message)
     except click.UsageError as exc:
         _fail(exc.format_message())
+    except Exception as exc:  # the client factory is plugin code
+        _fail(as_forge_error(exc, None, spec.name, blame_plugin=True).message)
+    if config.workers > 1:
+        from forge_core.workers import run_workers
+
+        run_workers(app_state, {**opts, "disable_plugin": disabled}, plugin_opts,
+                    drain_timeout=opts["drain_timeout"])
+        return
     run(app_state, drain_timeout=opts["drain_timeout"])
 
 
@@ -262,6 +384,8 @@ def build_config(
         capability=capability,
         options=plugin_opts,
         budget_mode=budget_mode,
+        idle_timeout=opts.get("backend_idle_timeout")
+        or min(DEFAULT_IDLE, opts["backend_timeout"]),
     )
     if not backend.backend_url and not managed:
         raise PluginError(f"backend '{spec.name}' needs --backend-url (it has no managed mode)")
@@ -277,36 +401,57 @@ def build_config(
             max_retries=opts["max_retries"],
             rescue=not opts["no_rescue"],
             constrained_retry=not opts.get("no_constrained_retry", False),
+            retry_context=opts.get("retry_context", "clean"),
+            placeholder_check=not opts.get("no_placeholder_check", False),
             inject_respond_tool=opts["inject_respond_tool"],
+            auto_intent=opts.get("auto_intent", "on") == "on",
             keepalive_interval=opts["keepalive_interval"],
         ),
         max_concurrency=1 if serialize else 0,
         max_queue=opts["max_queue"],
         any_model=opts["any_model"],
+        disabled_transforms=tuple(opts.get("no_transform") or ()),
         stream_start_grace=opts.get("stream_start_grace", 20.0),
+        metrics=opts.get("metrics", True),
+        metrics_public=opts.get("metrics_public", False),
+        inspect=opts.get("inspect", 0),
+        drain_delay=opts.get("drain_delay", 0.0),
+        workers=opts.get("workers", 1),
     )
 
 
-def build_state(host: PluginHost, spec: BackendSpec, config: ServeConfig) -> Any:
-    from forge_core.app import AppState
-    from forge_core.engine import Engine
-    from forge_core.limiter import Limiter
+def _transforms(host: PluginHost, config: ServeConfig) -> list[RequestTransform]:
+    """The registered transforms minus ``--no-transform`` ones; an unknown name is an error."""
+    registered = host.transforms()
+    names = {t.name for t in registered}
+    unknown = [n for n in config.disabled_transforms if n not in names]
+    if unknown:
+        raise PluginError(
+            f"--no-transform {unknown[0]}: no such request transform (registered: "
+            f"{', '.join(sorted(names)) or 'none'})"
+        )
+    return active_transforms(registered, disabled=config.disabled_transforms)
 
-    client = spec.client_factory(config.backend)
-    engine = Engine(
-        client, spec, config.guardrails, host.rescue_parsers(), host.transforms()
-    )
-    limiter = Limiter(config.max_concurrency, config.max_queue)
-    return AppState(config=config, spec=spec, client=client, engine=engine, limiter=limiter)
+
+def build_state(
+    host: PluginHost, spec: BackendSpec, config: ServeConfig, client: BackendClient | None = None
+) -> Any:
+    """The app state for ``config``; ``client`` replaces the plugin's own (tests pass one
+    over an httpx transport)."""
+    from forge_core.app import wire_state
+
+    client = client or spec.client_factory(config.backend)
+    return wire_state(config, spec, client, host.rescue_parsers(), _transforms(host, config))
 
 
 def ready_line(state: Any) -> str:
     config: ServeConfig = state.config
     models = ", ".join(state.served_names()) or "(not discovered)"
-    return (
+    return scrub(
         f"Proxy ready at http://{config.host}:{config.port} plugin={config.plugin} "
-        f"backend={state.client.base_url} model={models} "
+        f"backend={display_url(state.client.base_url)} model={models} "
         f"capability={config.backend.capability} backend_timeout={config.backend.timeout:g}s"
+        f" idle_timeout={config.backend.idle_timeout or config.backend.timeout:g}s"
         f" budget={state.budget.describe() if state.budget else 'unknown'}"
         + "".join(f" {k}={v}" for k, v in state.extra.items())
     )
@@ -317,9 +462,10 @@ def run(state: Any, drain_timeout: float = 10.0) -> None:
     import uvicorn
 
     from forge_core.app import make_app
+    from forge_core.draining import DrainingServer
 
     config: ServeConfig = state.config
-    server = uvicorn.Server(
+    server = DrainingServer(
         uvicorn.Config(
             make_app(state),
             host=config.host,
@@ -328,7 +474,10 @@ def run(state: Any, drain_timeout: float = 10.0) -> None:
             access_log=False,
             timeout_graceful_shutdown=drain_timeout,
             lifespan="on",
-        )
+            http=aio.http_impl(),
+        ),
+        state,
+        drain_delay=config.drain_delay,
     )
 
     async def start_backend() -> int | None:
@@ -350,9 +499,11 @@ def run(state: Any, drain_timeout: float = 10.0) -> None:
             click.echo("forge: interrupted while starting the backend; stopped it", err=True)
             await state.client.aclose()
             return 128 + int(received[0]) if received else 1
-        except ForgeError as exc:
-            click.echo(f"forge: error: {exc.message}", err=True)
-            await state.client.aclose()
+        except Exception as exc:  # a ForgeError, or a plugin bug (the boundary names it)
+            error = as_forge_error(exc, state.client, state.spec.name)
+            click.echo(f"forge: error: {error.message}", err=True)
+            with contextlib.suppress(Exception):
+                await state.client.aclose()
             return 1
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -376,7 +527,7 @@ def run(state: Any, drain_timeout: float = 10.0) -> None:
         return 0 if server.started else 1
 
     try:
-        status = asyncio.run(main_task())
+        status = aio.run(main_task())  # uvloop where installed (forge_core/aio.py)
     except KeyboardInterrupt:
         status = 0
     if status:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from forge_core.backend import BackendSettings
 
@@ -19,6 +20,15 @@ class GuardrailSettings:
     constrained_retry: bool = True
     """Let a plugin that declares ``constrained_decoding`` constrain retries (JSON schema,
     grammar, forced tool_choice); off, retries carry only the corrective messages."""
+    retry_context: Literal["clean", "feedback"] = "clean"
+    """A constrained retry re-asks the client's conversation as it was (``clean``: the
+    constraint does the correcting) or adds the failed turn and a correction (``feedback``).
+    Unconstrained retries always carry the feedback: without it they would repeat the answer."""
+    placeholder_check: bool = True
+    """Reject arguments that only name a parameter, a tool or a ``<...>`` template."""
+    auto_intent: bool = True
+    """Under ``tool_choice: auto``, prose that clearly tries to use an offered tool (written as
+    a function, in backticks, in code) before any tool result is a failed call, retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,18 @@ class ServeConfig:
     stream_start_grace: float = 20.0
     """Seconds a streamed request waits for the backend's first event before the 200 and
     keep-alives start (errors after that arrive as in-stream error events)."""
+    disabled_transforms: tuple[str, ...] = ()
+    """Request transforms turned off by name (``--no-transform``)."""
     any_model: bool = False
     """Serve every requested model name with the backend's model (for clients such as Claude
     Code that send their own model names); off by default, when unknown names get 404."""
+    metrics: bool = True
+    """Serve Prometheus ``/metrics`` and count every request (see docs/operations.md)."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without forge's API key (for a scraper inside a trusted network)."""
+    inspect: int = 0
+    """Keep the last N requests for ``/forge/requests`` and ``/forge/``; 0 turns it off."""
+    drain_delay: float = 0.0
+    """On SIGTERM, seconds ``/ready`` answers 503 while requests are still served, before the
+    listener closes: the time a load balancer needs to stop sending."""
+    workers: int = 1

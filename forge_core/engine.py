@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from forge_core.backend import BackendClient, BackendRequest, BackendSpec
 from forge_core.config import GuardrailSettings
+from forge_core.deadline import Deadlines
 from forge_core.errors import BackendHTTPError
+from forge_core.guardrails import intent
 from forge_core.guardrails.attempt import (
     CallAssembler,
     Splitter,
@@ -32,12 +34,21 @@ from forge_core.guardrails.attempt import (
     fix_ids,
 )
 from forge_core.guardrails.feedback import corrective_messages, merge_same_role
+from forge_core.guardrails.placeholders import conversation_text
 from forge_core.guardrails.reader import END, TIMEOUT, BackendReader
 from forge_core.guardrails.records import RescueParser
-from forge_core.guardrails.rescue import BUILTIN_PARSERS, all_markers, rescue_by
+from forge_core.guardrails.repair import repair_calls, typed_text_values
+from forge_core.guardrails.rescue import (
+    BUILTIN_PARSERS,
+    all_markers,
+    open_at_end,
+    rescue_by,
+    think_text,
+)
 from forge_core.guardrails.respond import RESPOND_TOOL_NAME, add_respond_tool, unwrap_respond
+from forge_core.guardrails.unparsed import UnparsedOutput
 from forge_core.guardrails.validate import Problem, ToolIndex, required_tool, validate_turn
-from forge_core.transforms import RequestTransform, apply_transforms
+from forge_core.transforms import RequestTransform, active_transforms, apply_transforms
 from forge_core.turns import (
     AssistantTurn,
     BackendChunk,
@@ -56,6 +67,10 @@ log = logging.getLogger("forge.guardrails")
 
 FALLBACK = "[forge] The model did not produce a valid tool call: "
 """Start of the answer when retries are exhausted and the model wrote no text at all."""
+_PROSE_KINDS = frozenset({"no_tool_call", "tool_intent"})
+"""Failures of an answer that is prose, not a broken call."""
+_CUT_MESSAGE = "the answer was cut off by max_tokens inside a tool call"
+_UNPARSED_MESSAGE = "the backend could not read the answer as a tool call"
 
 
 @dataclass(slots=True)
@@ -96,6 +111,13 @@ class _Plan:
     respond: bool
     """forge injected the respond tool (the client has no tool of that name)."""
     constrain: bool
+    intent: bool = False
+    """Under auto, before any tool result: prose that tries to use a tool is a failed call."""
+    asked: frozenset[str] = frozenset()
+    """Tools the last user message names itself: mentioning them is no sign of intent."""
+    active: bool = True
+    """Calls are allowed: the request has tools and tool_choice is not "none". Otherwise any
+    call the backend still returns is judged against no tools at all (never passed on)."""
 
 
 def _is_none_choice(choice: Any) -> bool:
@@ -124,22 +146,43 @@ class Engine:
         settings: GuardrailSettings,
         parsers: Sequence[RescueParser] = (),
         transforms: Sequence[RequestTransform] = (),
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
         self.settings = settings
+        self.deadlines = deadlines
+        """First-token and silence bounds on every backend call (None: httpx's per-read
+        timeouts only, for an engine built without the CLI)."""
         self.all_parsers = list(parsers)
         # Tools rendered into the prompt (the prompt capability) come back as text: reading it
         # is then the protocol, not a rescue, so --no-rescue does not turn it off.
         parse_text = settings.rescue or getattr(client, "tools_in_prompt", False)
         self.parsers = self.all_parsers if parse_text else []
-        self.transforms = list(transforms)
+        self.transforms = active_transforms(
+            transforms, declined=getattr(client, "declined_transforms", ())
+        )
         self.markers = all_markers(self.parsers)
+
+    def _bounded(self, work: Awaitable[AssistantTurn]) -> Awaitable[AssistantTurn]:
+        if self.deadlines is None:
+            return work
+        return self.deadlines.answer(self.client.name, work)
+
+    def _paced(self, chunks: AsyncIterator[BackendChunk]) -> AsyncIterator[BackendChunk]:
+        if self.deadlines is None:
+            return chunks
+        return self.deadlines.paced(self.client.name, chunks)
 
     # --- request building ----------------------------------------------------------------
 
     def _plan(self, call: ChatCall) -> _Plan:
-        index = ToolIndex(call.tools)
+        index = ToolIndex(
+            call.tools,
+            conversation_text(call.body.get("messages"))
+            if self.settings.placeholder_check
+            else None,
+        )
         guarded = bool(index)
         active = guarded and not _is_none_choice(call.tool_choice)
         required = active and required_tool(call.tool_choice)[0]
@@ -149,6 +192,16 @@ class Engine:
             and not required
             and self.settings.inject_respond_tool
             and RESPOND_TOOL_NAME not in index
+        )
+        messages = call.body.get("messages")
+        messages = messages if isinstance(messages, list) else []
+        # Like a rescue, intent reads the text as a call attempt: --no-rescue turns it off too.
+        auto_intent = (
+            active
+            and not required
+            and self.settings.auto_intent
+            and bool(self.parsers)
+            and intent.applies(messages)
         )
         return _Plan(
             index=index,
@@ -160,6 +213,9 @@ class Engine:
             constrain=active
             and self.settings.constrained_retry
             and self.spec.capabilities.constrained_decoding,
+            intent=auto_intent,
+            asked=intent.asked_about(messages, index.names) if auto_intent else frozenset(),
+            active=active,
         )
 
     def _first_request(self, call: ChatCall, plan: _Plan) -> BackendRequest:
@@ -179,26 +235,38 @@ class Engine:
         history: list[dict[str, Any]],
         attempt: int,
         problems: list[Problem],
+        constrained_history: list[dict[str, Any]] | None = None,
     ) -> tuple[BackendRequest, bool]:
         """A normalized request: the client's messages plus the corrective turns so far.
 
+        A constrained retry under ``retry_context: clean`` leaves out what the unconstrained
+        attempts wrote (``constrained_history`` holds only the constrained attempts' feedback):
+        measured on small models, a failed prose or code answer in the context pulls the
+        constrained retry towards wrong values, while the constraint alone fixes the shape.
         Returns the request and whether the backend client constrained it.
         """
         body = dict(call.body)
-        body["messages"] = merge_same_role([*call.body["messages"], *history])
+        body["messages"] = _append_retry(call.body["messages"], history)
         if plan.respond:
             body = add_respond_tool(body)
         constrained = False
         if plan.constrain:
             target = self._target_tool(call, plan, problems)
             tool = plan.index.get(target) if target else None
+            base = body
+            if self.settings.retry_context == "clean":
+                base = dict(call.body)
+                base["messages"] = _append_retry(
+                    call.body["messages"], constrained_history or []
+                )
             try:
-                strengthened = self.client.constrain_retry(body, tool)
+                strengthened = self.client.constrain_retry(base, tool)
             except Exception:  # a plugin bug must not lose the request: retry unconstrained
                 log.exception("%s: constrain_retry failed; retrying unconstrained", self.spec.name)
             else:
-                constrained = strengthened is not body
-                body = strengthened
+                constrained = strengthened is not base
+                if constrained:
+                    body = _with_call_room(strengthened)
         if constrained:
             call.notes.append("constrained")
         request = BackendRequest(
@@ -232,14 +300,17 @@ class Engine:
         return self.parsers if plan.rescue else ()
 
     @staticmethod
-    def _splitter(plan: _Plan, attempt: int, parsers: Sequence[RescueParser]) -> Splitter:
+    def _splitter(
+        plan: _Plan, attempt: int, parsers: Sequence[RescueParser]
+    ) -> Splitter | intent.GatedSplitter:
         if not plan.guarded:
             return Splitter("pass")
         if plan.required or attempt > 0:
             return Splitter("all")
-        if parsers:
-            return Splitter("scan", parsers, plan.names)
-        return Splitter("pass")
+        inner = Splitter("scan", parsers, plan.names) if parsers else Splitter("pass")
+        if plan.intent:  # prose that may be tool intent waits for the verdict
+            return intent.GatedSplitter(inner, intent.IntentGate(plan.index.names, plan.asked))
+        return inner
 
     def _judge(
         self,
@@ -248,18 +319,40 @@ class Engine:
         turn: AssistantTurn,
         held: str,
         parsers: Sequence[RescueParser],
+        reasoning: str = "",
+        unparsed: bool = False,
+        sent: str = "",
     ) -> _Verdict:
-        """Validate ``turn`` (its content already split off); ``held`` may hold printed calls."""
+        """Validate ``turn`` (its content already split off); ``held`` may hold printed calls,
+        and so may ``reasoning`` when the content has none. ``unparsed``: the backend failed
+        to parse this answer, so without a valid call it is a failed one."""
         prose = held
-        if parsers and not turn.tool_calls and held.strip():
+        cut = turn.finish_reason == "length"
+        late: list[Problem] = []
+        if parsers and not turn.tool_calls and (held.strip() or reasoning.strip()):
             found, remaining, parser = rescue_by(held, plan.names, parsers)
+            source, where = held, ""
+            if not found and (plan.required or not (sent + held).strip()):
+                # A thinking model may write its call in the reasoning and leave the content
+                # empty; under auto, one that then answered in prose has decided against it.
+                source = "\n\n".join(t for t in (reasoning, think_text(held)) if t.strip())
+                found, _, parser = rescue_by(source, plan.names, parsers)
+                where = ":reasoning"
+            if cut and open_at_end(source if found else held):
+                # Cut by max_tokens inside the markup: its last value may be truncated.
+                tool = found[-1].name if found else None
+                late.append(Problem("truncated", tool, None, _CUT_MESSAGE))
+                found = []
             if found:
                 turn.tool_calls = [
-                    ToolCall(new_id("call_"), c.name, json.dumps(c.arguments, ensure_ascii=False))
+                    ToolCall(new_id("call_"), c.name, json.dumps(
+                        typed_text_values(c.arguments, c.texts, plan.index.parameters(c.name)),
+                        ensure_ascii=False,
+                    ))
                     for c in found
                 ]
                 prose = remaining
-                call.notes.append(f"rescued:{parser}")
+                call.notes.append(f"rescued:{parser}{where}")
         tail = held
         if plan.respond:
             turn = unwrap_respond(turn)  # a respond() call becomes turn.content
@@ -267,14 +360,43 @@ class Engine:
             prose, tail = _paragraphs(prose, answer), _paragraphs(tail, answer)
         if fix_ids(turn.tool_calls):
             call.notes.append("ids-fixed")
-        problems = validate_turn(turn, plan.index, call.tool_choice)
+        repairs = repair_calls(turn.tool_calls, plan.index, truncated=cut)
+        if repairs:
+            call.notes.append("repaired:" + "+".join(repairs))
+        allowed = plan.index if plan.active else _NO_TOOLS
+        problems = validate_turn(turn, allowed, call.tool_choice) + late
+        if not problems and not turn.tool_calls:
+            problems = self._prose_problems(plan, sent + held, unparsed)
         turn.finish_reason = finish_reason(turn)
         return _Verdict(turn, problems, prose, tail)
 
+    @staticmethod
+    def _prose_problems(plan: _Plan, text: str, unparsed: bool) -> list[Problem]:
+        """Why a prose answer that ``validate_turn`` accepts is still a failed call."""
+        if unparsed:
+            return [Problem("unparsed", None, None, _UNPARSED_MESSAGE)]
+        name = intent.find_intent(text, plan.index.names, plan.asked) if plan.intent else None
+        if name is None:
+            return []
+        return [
+            Problem(
+                "tool_intent",
+                name,
+                None,
+                f"the answer describes using tool {name!r} instead of calling it",
+            )
+        ]
+
     def _give_up(
-        self, call: ChatCall, verdict: _Verdict, shown: Transcript, note: str
+        self,
+        call: ChatCall,
+        verdict: _Verdict,
+        shown: Transcript,
+        note: str,
+        honest: str | None = None,
     ) -> str:
-        """No valid call: show what the model wrote as plain text, never a broken call.
+        """No valid call: show ``honest`` text (default: what the model wrote), never a broken
+        call; when nothing was shown, forge says in one line why there is no call.
 
         Returns the text still to show (already recorded in ``shown``).
         """
@@ -282,10 +404,32 @@ class Engine:
         reasons = "; ".join(p.message for p in verdict.problems)
         # Kinds and tool names only: problem messages quote argument values.
         log.warning("guardrails gave up (%s) tools=%s", note, _tools_of(verdict.problems))
-        piece = shown.show_text(verdict.tail)
+        piece = shown.show_text(verdict.tail if honest is None else honest)
         if not shown.text.strip():
             piece += shown.show_text(FALLBACK + reasons)
         return piece
+
+    @staticmethod
+    def _honest_tail(verdict: _Verdict, constrained: bool, previous: str) -> str:
+        """The model's own text worth showing if forge gives up, updated after each attempt.
+
+        Prose the model wrote instead of a call is kept; never a constrained attempt's
+        output (JSON by design, maybe cut) nor the text of a failed call: with nothing honest
+        to show, forge's own one-line note answers.
+        """
+        if constrained:
+            return previous
+        if verdict.turn.tool_calls or any(p.kind not in _PROSE_KINDS for p in verdict.problems):
+            return previous
+        return verdict.tail
+
+    @staticmethod
+    def _unparsed(call: ChatCall, exc: UnparsedOutput) -> AssistantTurn:
+        """The answer the backend could not parse, as the model wrote it (maybe nothing)."""
+        call.notes.append(f"unparsed:{exc.backend_status}")
+        log.warning("%s could not parse the model's answer (%d chars returned)",
+                    exc.backend, len(exc.text))
+        return AssistantTurn(content=exc.text, finish_reason="stop")
 
     def _retrying(self, call: ChatCall, problems: list[Problem]) -> None:
         call.notes.append("retry:" + _kinds(problems))
@@ -299,31 +443,46 @@ class Engine:
         shown = Transcript()
         request, constrained = self._first_request(call, plan), False
         history: list[dict[str, Any]] = []
+        constrained_history: list[dict[str, Any]] = []
+        honest = ""  # what to show if forge gives up (see _honest_tail)
         usage: Usage | None = None
         verdict: _Verdict | None = None
         for attempt in range(self.settings.max_retries + 1):
             shown.next_attempt()
+            unparsed = False
             try:
-                turn = await self.client.complete(request)
+                turn = await self._bounded(self.client.complete(request))
+            except UnparsedOutput as exc:
+                turn, unparsed = self._unparsed(call, exc), True
             except BackendHTTPError as exc:
                 if verdict is None:
                     raise
-                self._give_up(call, verdict, shown, f"retry-failed:{exc.backend_status}")
+                self._give_up(
+                    call, verdict, shown, f"retry-failed:{exc.backend_status}", honest
+                )
                 return _plain(shown, usage)
             usage = _add(usage, turn.usage)
-            if not plan.guarded:
+            if not plan.guarded and not turn.tool_calls and verdict is None:
                 turn.finish_reason = finish_reason(turn)
                 turn.usage = usage
                 return turn
             parsers = self._parsers_for(plan, constrained)
             splitter = self._splitter(plan, attempt, parsers)
             # Split the text exactly as the stream would, so both paths agree.
-            sent = splitter.feed(turn.content) if turn.content else ""
-            held = splitter.flush()
+            if unparsed:  # text the backend failed to parse is judged whole, never shown raw
+                sent, held = "", turn.content
+            else:
+                sent = await _feed(splitter, turn.content) if turn.content else ""
+                sent += _drain(splitter)
+                held = splitter.flush()
             shown.show_reasoning(turn.reasoning)
             shown.show_text(sent)
-            turn.content, turn.reasoning = "", ""
-            verdict = self._judge(call, plan, turn, held, parsers)
+            reasoning, turn.content, turn.reasoning = turn.reasoning, "", ""
+            # Off the event loop: rescue and schema validation of a hostile answer or schema
+            # are bounded, but may take far longer than other requests can wait.
+            verdict = await asyncio.to_thread(
+                self._judge, call, plan, turn, held, parsers, reasoning, unparsed, sent
+            )
             if not verdict.problems:
                 shown.show_text(verdict.prose)
                 return AssistantTurn(
@@ -337,13 +496,20 @@ class Engine:
             verdict.turn.content = sent + verdict.prose
             if attempt == self.settings.max_retries:
                 break
+            honest = self._honest_tail(verdict, constrained, honest)
             self._retrying(call, verdict.problems)
-            history += corrective_messages(verdict.turn, verdict.problems, plan.index)
+            feedback = corrective_messages(verdict.turn, verdict.problems, plan.index)
+            history += feedback
+            if constrained:
+                constrained_history += feedback
             request, constrained = self._retry_request(
-                call, plan, history, attempt + 1, verdict.problems
+                call, plan, history, attempt + 1, verdict.problems, constrained_history
             )
         assert verdict is not None
-        self._give_up(call, verdict, shown, "retries-exhausted:" + _kinds(verdict.problems))
+        honest = self._honest_tail(verdict, constrained, honest)
+        self._give_up(
+            call, verdict, shown, "retries-exhausted:" + _kinds(verdict.problems), honest
+        )
         return _plain(shown, usage)
 
     # --- streaming --------------------------------------------------------------------------
@@ -360,9 +526,11 @@ class Engine:
         shown = Transcript()
         loop = asyncio.get_running_loop()
         interval = self.settings.keepalive_interval
-        last_sent = loop.time()
+        last_sent = awake = loop.time()
         request, constrained = self._first_request(call, plan), False
         history: list[dict[str, Any]] = []
+        constrained_history: list[dict[str, Any]] = []
+        honest = ""  # what to show if forge gives up (see _honest_tail)
         usage: Usage | None = None
         verdict: _Verdict | None = None
         for attempt in range(self.settings.max_retries + 1):
@@ -372,7 +540,9 @@ class Engine:
             calls = CallAssembler()
             turn = AssistantTurn()
             sent: list[str] = []
-            reader = BackendReader(self.client.stream(request))
+            thought: list[str] = []
+            unparsed: UnparsedOutput | None = None
+            reader = BackendReader(self._paced(self.client.stream(request)))
             try:
                 while True:
                     # Not holding, the next chunk is awaited without any timer: prose pays
@@ -389,13 +559,18 @@ class Engine:
                     assert isinstance(chunk, BackendChunk)
                     if chunk.reasoning:
                         last_sent = loop.time()
+                        thought.append(chunk.reasoning)
                         yield ReasoningDelta(shown.show_reasoning(chunk.reasoning))
                     if chunk.text:
-                        safe = splitter.feed(chunk.text)
+                        safe = await _feed(splitter, chunk.text)
                         if safe:
                             sent.append(safe)
                             last_sent = loop.time()
                             yield TextDelta(shown.show_text(safe))
+                        if loop.time() - awake > YIELD_AFTER:
+                            # Chunks already read never suspend this task: let others run.
+                            await asyncio.sleep(0)
+                            awake = loop.time()
                     for fragment in chunk.tool_calls:
                         calls.add(fragment)
                     if chunk.finish_reason:
@@ -403,11 +578,13 @@ class Engine:
                         turn.stop_sequence = chunk.stop_sequence
                     if chunk.usage:
                         turn.usage = chunk.usage
+            except UnparsedOutput as exc:
+                unparsed = exc
             except BackendHTTPError as exc:
                 if verdict is None:
                     raise
                 note = f"retry-failed:{exc.backend_status}"
-                piece = self._give_up(call, verdict, shown, note)
+                piece = self._give_up(call, verdict, shown, note, honest)
                 if piece:
                     yield TextDelta(piece)
                 yield Finished("stop", usage)
@@ -415,14 +592,25 @@ class Engine:
             finally:
                 await reader.aclose()
             usage = _add(usage, turn.usage)
+            if unparsed is not None:
+                # The server's error carries the model's text from where its parser failed;
+                # call fragments streamed before are partial reads of that text.
+                calls = CallAssembler()
             turn.tool_calls = calls.assemble(self.client.name)
+            safe = _drain(splitter)
+            if safe:
+                sent.append(safe)
+                yield TextDelta(shown.show_text(safe))
             held = splitter.flush()
-            if not plan.guarded:
-                for position, tool_call in enumerate(turn.tool_calls):
-                    yield ToolCallReady(position, tool_call)
+            if unparsed is not None:  # judged whole, never shown raw
+                held += self._unparsed(call, unparsed).content
+            if not plan.guarded and not turn.tool_calls and verdict is None:
                 yield Finished(finish_reason(turn), usage, turn.stop_sequence)
                 return
-            verdict = self._judge(call, plan, turn, held, parsers)
+            verdict = await asyncio.to_thread(
+                self._judge, call, plan, turn, held, parsers, "".join(thought),
+                unparsed is not None, "".join(sent),
+            )
             if not verdict.problems:
                 piece = shown.show_text(verdict.prose)
                 if piece:
@@ -434,16 +622,69 @@ class Engine:
             verdict.turn.content = "".join(sent) + verdict.prose
             if attempt == self.settings.max_retries:
                 break
+            honest = self._honest_tail(verdict, constrained, honest)
             self._retrying(call, verdict.problems)
-            history += corrective_messages(verdict.turn, verdict.problems, plan.index)
+            feedback = corrective_messages(verdict.turn, verdict.problems, plan.index)
+            history += feedback
+            if constrained:
+                constrained_history += feedback
             request, constrained = self._retry_request(
-                call, plan, history, attempt + 1, verdict.problems
+                call, plan, history, attempt + 1, verdict.problems, constrained_history
             )
         assert verdict is not None
-        piece = self._give_up(call, verdict, shown, "retries-exhausted:" + _kinds(verdict.problems))
+        honest = self._honest_tail(verdict, constrained, honest)
+        note = "retries-exhausted:" + _kinds(verdict.problems)
+        piece = self._give_up(call, verdict, shown, note, honest)
         if piece:
             yield TextDelta(piece)
         yield Finished("stop", usage)
+
+
+CALL_ROOM = 512
+"""Output tokens a constrained retry may use at least, whatever the client's ``max_tokens``: a
+constrained call cut by the limit is unusable, so cutting it would be forge's fault."""
+
+
+def _with_call_room(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with ``max_tokens`` / ``max_completion_tokens`` raised to :data:`CALL_ROOM`."""
+    out = dict(body)
+    for key in ("max_tokens", "max_completion_tokens"):
+        limit = out.get(key)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit < CALL_ROOM:
+            out[key] = CALL_ROOM
+    return out
+
+
+def _append_retry(
+    messages: list[dict[str, Any]], history: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The client's messages, then the corrective turns: the client's own messages are never
+    rewritten (the backend's prefix cache stays valid), and same-role messages are merged only
+    where the corrective turns join on, for templates that demand strict alternation."""
+    if not messages:
+        return merge_same_role(history)
+    return [*messages[:-1], *merge_same_role([messages[-1], *history])]
+
+
+_NO_TOOLS = ToolIndex([])
+"""What calls are judged against when the request allows none."""
+
+BIG_TEXT = 8192
+"""Text longer than this is split off the event loop (a flood of markers costs real time)."""
+
+YIELD_AFTER = 0.02
+"""Seconds a stream may work through already-read chunks before it lets other tasks run."""
+
+
+async def _feed(splitter: Splitter | intent.GatedSplitter, text: str) -> str:
+    if len(text) > BIG_TEXT:
+        return await asyncio.to_thread(splitter.feed, text)
+    return splitter.feed(text)
+
+
+def _drain(splitter: Splitter | intent.GatedSplitter) -> str:
+    """Text an intent gate still held that turned out to be plain prose (shown as such)."""
+    return splitter.drain() if isinstance(splitter, intent.GatedSplitter) else ""
 
 
 def _add(total: Usage | None, usage: Usage | None) -> Usage | None:

@@ -35,6 +35,8 @@ from forge_core.errors import BackendTimeout, BackendUnavailable
 log = logging.getLogger("forge.managed")
 
 _PR_SET_PDEATHSIG = 1
+PROGRESS_INTERVAL = 10.0
+"""Seconds between "still starting" lines while a managed backend loads."""
 WATCHDOG_GRACE = 5.0
 """Seconds the watchdog waits between SIGTERM and SIGKILL of an abandoned group."""
 
@@ -155,8 +157,14 @@ class ManagedProcess:
         restart: bool = True,
         on_restart: Callable[[], None] | None = None,
         watchdog: bool = True,
+        what: str | None = None,
+        progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
         self.name = name
+        self.what = what or _loading_what(argv)
+        """What the start-up waits for, in progress lines (default: the ``-m``/``--model``
+        argument)."""
+        self.progress_interval = progress_interval
         self.argv = list(argv)
         self.health_url = health_url
         self.load_timeout = load_timeout
@@ -226,22 +234,45 @@ class ManagedProcess:
             watchdog.wait(timeout=WATCHDOG_GRACE + 2)
 
     async def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.load_timeout
+        started = time.monotonic()
+        deadline = started + self.load_timeout
+        next_note = started + self.progress_interval
+        health = "no answer yet"
         async with httpx.AsyncClient(timeout=2.0) as http:
             while time.monotonic() < deadline:
+                if time.monotonic() >= next_note:  # minutes of loading must not look like a hang
+                    next_note += self.progress_interval
+                    self._progress(time.monotonic() - started, health)
                 if self.process is None or self.process.poll() is not None:
                     code = self.process.returncode if self.process else "?"
                     await self._terminate_group()
                     raise BackendUnavailable(
                         self.name, f"exited during start-up (code {code}): {self.log_tail()}"
                     )
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(self.health_url)).status_code == 200:
+                try:
+                    answer = await http.get(self.health_url)
+                except httpx.HTTPError as exc:
+                    health = "not listening yet" if isinstance(exc, httpx.ConnectError) \
+                        else f"no answer ({type(exc).__name__})"
+                else:
+                    if answer.status_code == 200:
+                        if time.monotonic() - started >= self.progress_interval:
+                            log.info("%s is ready after %.0fs", self.name,
+                                     time.monotonic() - started)
                         return
+                    health = f"health answers HTTP {answer.status_code}{_detail(answer)}"
                 await asyncio.sleep(0.2)
         await self.stop()
         raise BackendTimeout(
             self.name, f"was not healthy within {self.load_timeout:g}s: {self.log_tail()}"
+        )
+
+    def _progress(self, elapsed: float, health: str) -> None:
+        last = self.log_tail(1)
+        log.info(
+            "still starting %s (loading %s): %.0fs of at most %gs; %s; last log line: %s",
+            self.name, self.what, elapsed, self.load_timeout, health,
+            last if len(last) <= 200 else last[:200] + "...",
         )
 
     def log_tail(self, lines: int = 8) -> str:
@@ -296,6 +327,26 @@ class ManagedProcess:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
             log.info("%s stopped", self.name)
+
+
+def _loading_what(argv: Sequence[str]) -> str:
+    """The model argument of a server command line, else the program's name."""
+    for flags in (("--model", "serve"), ("-m",)):  # python's own -m names a module
+        for i, arg in enumerate(argv[:-1]):
+            if arg in flags:
+                return argv[i + 1]
+    return Path(argv[0]).name if argv else "?"
+
+
+def _detail(answer: httpx.Response) -> str:
+    """llama-server answers 503 ``{"error": {"message": "Loading model"}}`` while loading."""
+    try:
+        data = answer.json()
+    except ValueError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f" ({message})" if isinstance(message, str) and len(message) < 80 else ""
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -30,7 +29,9 @@ from forge_core.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from forge_core.redact import display_url, excerpt, register_headers, register_url
 from forge_core.turns import AssistantTurn, BackendChunk, ToolCall, ToolCallFragment, Usage, new_id
+from forge_core.wire.jsonio import backend_dumps, backend_json, dumps_bytes, loads
 
 log = logging.getLogger("forge.backend")
 
@@ -59,6 +60,11 @@ class OpenAIWireClient(BackendClient):
         self.name = name
         self.settings = settings
         self._base_url = base_url.rstrip("/")
+        # Credentials (a key header, --backend-header values, URL userinfo) are scrubbed from
+        # everything forge emits; the URL is only ever shown without them.
+        register_headers(headers or {})
+        register_url(self._base_url)
+        self._shown_url = display_url(self._base_url)
         self._derive_identity = derive_identity
         self._identities: list[ModelIdentity] = (
             [derive_identity(settings.model)] if settings.model else []
@@ -77,7 +83,7 @@ class OpenAIWireClient(BackendClient):
 
     @property
     def base_url(self) -> str:
-        return self._base_url
+        return self._shown_url
 
     def models(self) -> Sequence[ModelIdentity]:
         return self._identities
@@ -89,7 +95,7 @@ class OpenAIWireClient(BackendClient):
         try:
             served = await self.served_models()
         except BackendError as exc:
-            log.warning("could not discover models at %s: %s", self._base_url, exc.reason)
+            log.warning("could not discover models at %s: %s", self._shown_url, exc.reason)
             return
         self._identities = [self._derive_identity(name) for name in served]
 
@@ -140,12 +146,8 @@ class OpenAIWireClient(BackendClient):
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
         if response.status_code >= 400:
-            raise self.http_error(response.status_code, response.text)
-        try:
-            data = response.json()
-        except ValueError:
-            raise BackendProtocolError(self.name, "answered with a body that is not JSON") from None
-        return parse_completion(self.name, data)
+            raise self.http_error(response.status_code, response.text).with_retry(response.headers)
+        return parse_completion(self.name, backend_json(self.name, response.content))
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[BackendChunk]:
         body = self.prepare_body(request, stream=True)
@@ -155,18 +157,32 @@ class OpenAIWireClient(BackendClient):
             ) as response:
                 if response.status_code >= 400:
                     text = (await response.aread()).decode(errors="replace")
-                    raise self.http_error(response.status_code, text)
+                    raise self.http_error(response.status_code, text).with_retry(
+                        response.headers
+                    )
                 lines = response.aiter_lines()
+                events = 0
+                other: list[str] = []  # what came instead of events, for the error message
                 async for line in lines:
                     if not line.startswith("data:"):
+                        if not events and len(other) < 8:
+                            other.append(line)
                         continue  # comments, event names, blank separators
+                    events += 1
                     payload = line[5:].strip()
                     if payload == "[DONE]":
                         await _drain(lines)
                         return
-                    chunk = parse_chunk(self.name, payload)
+                    try:
+                        chunk = parse_chunk(self.name, payload)
+                    except BackendHTTPError:
+                        # An in-stream error event: mapped like an error status, from its
+                        # whole payload (a plugin may read more than the shortened detail).
+                        raise self.http_error(500, payload) from None
                     if chunk is not None:
                         yield chunk
+                if not events:
+                    raise self.no_events_error(response, "\n".join(other))
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
 
@@ -175,25 +191,40 @@ class OpenAIWireClient(BackendClient):
     def transport_error(self, exc: httpx.HTTPError) -> BackendError:
         if isinstance(exc, httpx.TimeoutException):
             return BackendTimeout(
-                self.name, f"did not answer within {self.settings.timeout:g}s ({self._base_url})"
+                self.name, f"did not answer within {self.settings.timeout:g}s ({self._shown_url})"
             )
         kind = type(exc).__name__
-        return BackendUnavailable(self.name, f"is unreachable at {self._base_url} ({kind})")
+        return BackendUnavailable(self.name, f"is unreachable at {self._shown_url} ({kind})")
+
+    def no_events_error(self, response: httpx.Response, text: str) -> BackendProtocolError:
+        """A streamed request answered without a single ``data:`` event (an HTML page, a JSON
+        body, 204, garbage): as broken as a non-JSON answer to a plain request."""
+        kind = response.headers.get("content-type") or "no content type"
+        shown = excerpt(text, 200) or "(empty body)"
+        return BackendProtocolError(
+            self.name,
+            f"answered a streamed request without any event (HTTP {response.status_code}, "
+            f"{kind}): {shown}",
+        )
 
     def http_error(self, status: int, text: str) -> BackendHTTPError:
         return BackendHTTPError(self.name, status, error_detail(text))
 
     async def _get_json(self, path: str, timeout: float) -> Any:
+        """GET ``path`` within ``timeout`` seconds in all (not per read: a trickling answer
+        must not stall discovery or /ready)."""
         try:
-            response = await self._http.get(path, timeout=timeout)
+            async with asyncio.timeout(timeout):
+                response = await self._http.get(path, timeout=timeout)
+        except TimeoutError:
+            raise BackendTimeout(
+                self.name, f"did not answer {path} within {timeout:g}s ({self._shown_url})"
+            ) from None
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
         if response.status_code >= 400:
-            raise self.http_error(response.status_code, response.text)
-        try:
-            return response.json()
-        except ValueError:
-            raise BackendProtocolError(self.name, f"answered {path} with non-JSON") from None
+            raise self.http_error(response.status_code, response.text).with_retry(response.headers)
+        return backend_json(self.name, response.content, f"answered {path} with a body")
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -217,24 +248,27 @@ async def _drain(lines: AsyncIterator[str]) -> None:
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode()
+    # Never fails (see forge_core/wire/jsonio.py); compact, so orjson writes it (100 kB of
+    # history: ~30 us instead of ~900 us).
+    return dumps_bytes(body, compact=True)
 
 
 def error_detail(text: str, limit: int = 500) -> str:
-    """The message inside a backend's error body (OpenAI or bare), shortened."""
+    """The message inside a backend's error body (OpenAI or bare), scrubbed of secrets and
+    then shortened (a gateway may echo forge's request headers in it)."""
     try:
-        data = json.loads(text)
+        data = loads(text)  # strict and bounded: a hostile error body cannot crash forge
     except ValueError:
-        return text.strip()[:limit] or "(empty body)"
+        return excerpt(text, limit) or "(empty body)"
     if isinstance(data, dict):
         err = data.get("error", data)
         if isinstance(err, dict):
             msg = err.get("message") or err.get("detail") or err.get("error")
             if isinstance(msg, str):
-                return msg[:limit]
+                return excerpt(msg, limit)
         elif isinstance(err, str):
-            return err[:limit]
-    return text.strip()[:limit]
+            return excerpt(err, limit)
+    return excerpt(text, limit)
 
 
 # --- parsing: the uniform error principle ----------------------------------------------------
@@ -248,29 +282,64 @@ def arguments_text(backend: str, value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
+        return backend_dumps(backend, value, "tool-call arguments")
     raise BackendProtocolError(
         backend, f"sent tool-call arguments of type {type(value).__name__}, expected a string"
     )
 
 
 def content_text(backend: str, value: Any) -> str:
+    """Message or delta content: a string, or a list of parts whose text parts are joined
+    (parts of other kinds carry no text forge forwards)."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "".join(p.get("text", "") for p in value if isinstance(p, dict))
+        texts: list[str] = []
+        for part in value:
+            text = part.get("text") if isinstance(part, dict) else part
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                kind = type(text).__name__
+                raise BackendProtocolError(backend, f"sent a content part with text of type {kind}")
+            texts.append(text)
+        return "".join(texts)
     raise BackendProtocolError(backend, f"sent content of type {type(value).__name__}")
 
 
-def parse_usage(data: Any) -> Usage | None:
+def parse_usage(data: Any, timings: Any = None) -> Usage | None:
+    """Token counts when both are non-negative integers; anything else means none reported."""
     if not isinstance(data, dict):
         return None
     prompt, completion = data.get("prompt_tokens"), data.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    if not (_count(prompt) and _count(completion)):
         return None
-    return Usage(prompt, completion)
+    cached = cached_tokens(data, timings)
+    return Usage(prompt, completion, None if cached is None else min(cached, prompt))
+
+
+def cached_tokens(usage: dict[str, Any], timings: Any = None) -> int | None:
+    """Prompt tokens served from the backend's prefix cache: OpenAI's
+    ``prompt_tokens_details.cached_tokens`` (llama-server, vLLM with
+    ``--enable-prompt-tokens-details``), else llama-server's ``timings.cache_n``; None when
+    the backend reports neither."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if _count(cached):
+        return int(cached)
+    cache_n = timings.get("cache_n") if isinstance(timings, dict) else None
+    return int(cache_n) if _count(cache_n) else None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _finish(value: Any) -> str | None:
+    """A finish reason is a string; another type is tolerated as none (it only labels)."""
+    return value if isinstance(value, str) and value else None
 
 
 def parse_completion(backend: str, data: Any) -> AssistantTurn:
@@ -298,12 +367,12 @@ def parse_completion(backend: str, data: Any) -> AssistantTurn:
             )
         )
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-    finish = choices[0].get("finish_reason") or ("tool_calls" if calls else "stop")
+    finish = _finish(choices[0].get("finish_reason")) or ("tool_calls" if calls else "stop")
     return AssistantTurn(
         content=content_text(backend, message.get("content")),
         tool_calls=calls,
         finish_reason=finish,
-        usage=parse_usage(data.get("usage")),
+        usage=parse_usage(data.get("usage"), data.get("timings")),
         reasoning=reasoning if isinstance(reasoning, str) else "",
         stop_sequence=matched_stop(choices[0]),
     )
@@ -318,21 +387,20 @@ def matched_stop(choice: dict[str, Any]) -> str | None:
 
 def parse_chunk(backend: str, payload: str) -> BackendChunk | None:
     """One ``data:`` payload of a streamed completion to a BackendChunk (None if empty)."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        raise BackendProtocolError(backend, "streamed an event that is not JSON") from None
+    data = backend_json(backend, payload, "streamed an event")
     if not isinstance(data, dict):
         raise BackendProtocolError(backend, "streamed an event that is not a JSON object")
     if "error" in data and "choices" not in data:
         raise BackendHTTPError(backend, 500, error_detail(payload))
-    chunk = BackendChunk(usage=parse_usage(data.get("usage")))
+    chunk = BackendChunk(usage=parse_usage(data.get("usage"), data.get("timings")))
     choices = data.get("choices") or []
     if not isinstance(choices, list):
         raise BackendProtocolError(backend, "streamed choices that are not a list")
     if choices:
         choice = choices[0]
-        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(choice, dict):
+            raise BackendProtocolError(backend, "streamed a choice that is not an object")
+        delta = choice.get("delta")
         if delta is None:
             delta = {}
         if not isinstance(delta, dict):
@@ -341,7 +409,10 @@ def parse_chunk(backend: str, payload: str) -> BackendChunk | None:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str):
             chunk.reasoning = reasoning
-        for position, raw in enumerate(delta.get("tool_calls") or []):
+        raw_calls = delta.get("tool_calls") or []
+        if not isinstance(raw_calls, list):
+            raise BackendProtocolError(backend, "streamed tool_calls that are not a list")
+        for position, raw in enumerate(raw_calls):
             if not isinstance(raw, dict):
                 raise BackendProtocolError(backend, "streamed a tool call that is not an object")
             function = raw.get("function") or {}
@@ -356,7 +427,7 @@ def parse_chunk(backend: str, payload: str) -> BackendChunk | None:
                     arguments=arguments_text(backend, function.get("arguments")),
                 )
             )
-        chunk.finish_reason = choice.get("finish_reason")
+        chunk.finish_reason = _finish(choice.get("finish_reason"))
         if chunk.finish_reason:
             chunk.stop_sequence = matched_stop(choice)
     empty = not (chunk.text or chunk.reasoning or chunk.tool_calls)

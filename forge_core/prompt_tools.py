@@ -16,6 +16,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from forge_core.wire.jsonio import dumps, loads
+
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 RESULT_OPEN, RESULT_CLOSE = "<tool_response", "</tool_response>"
 # Request fields that only make sense next to native ``tools``.
@@ -127,19 +129,18 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            part.get("text") or "" for part in content if isinstance(part, dict)
-        )
-    return json.dumps(content, ensure_ascii=False)
+        texts = (part.get("text") for part in content if isinstance(part, dict))
+        return "".join(text for text in texts if isinstance(text, str))  # others carry no text
+    return dumps(content)
 
 
 def call_text(name: str, arguments: Any) -> str:
     """A call as the model is asked to write it; arguments decoded when they are JSON."""
     if isinstance(arguments, str):
         # Broken JSON stays the model's own text: it is what it wrote.
-        with contextlib.suppress(ValueError):
-            arguments = json.loads(arguments) if arguments.strip() else {}
-    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+        with contextlib.suppress(ValueError):  # strict and bounded: NaN, deep nesting stay text
+            arguments = loads(arguments) if arguments.strip() else {}
+    payload = dumps({"name": name, "arguments": arguments})
     return f"{CALL_OPEN}\n{payload}\n{CALL_CLOSE}"
 
 

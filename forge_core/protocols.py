@@ -18,6 +18,7 @@ from forge_core.errors import ForgeError
 from forge_core.turns import AssistantTurn, Finished, StreamEvent
 from forge_core.wire import anthropic as an
 from forge_core.wire import openai as oa
+from forge_core.wire.jsonio import SafeJSONResponse
 
 
 @dataclass(slots=True)
@@ -67,7 +68,7 @@ class OpenAIProtocol:
         return oa.OpenAIStreamEmitter(parsed.model, parsed.include_usage)
 
     def error_response(self, exc: ForgeError) -> JSONResponse:
-        return JSONResponse(oa.error_body(exc), status_code=exc.status, headers=exc.headers)
+        return SafeJSONResponse(oa.error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 class AnthropicProtocol:
@@ -110,7 +111,7 @@ class AnthropicProtocol:
         return an.estimate_tokens(parsed.request)
 
     def error_response(self, exc: ForgeError) -> JSONResponse:
-        return JSONResponse(
+        return SafeJSONResponse(
             an.anthropic_error_body(exc), status_code=exc.status, headers=exc.headers
         )
 

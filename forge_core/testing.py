@@ -108,7 +108,14 @@ class ScriptedBackend:
 
     It records every request body and header set it receives, and whether a streamed
     response was cut off by the client (``cancelled``).
+
+    The wire is in four small methods (:meth:`routes`, :meth:`completion_body`,
+    :meth:`stream_pieces`, :meth:`error_response`): a fake for another wire (Ollama, Anthropic)
+    subclasses this and overrides them, keeping the queue, the recording and the cancellation
+    tracking. Replies stay OpenAI-shaped (``Reply.message`` is an OpenAI assistant message).
     """
+
+    chat_path = "/v1/chat/completions"
 
     def __init__(self, models: Sequence[str] = ("fake-model",)) -> None:
         self.models = list(models)
@@ -119,11 +126,14 @@ class ScriptedBackend:
         self.cancelled = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self.app = Starlette(routes=[
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+        self.app = Starlette(routes=self.routes())
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(self.chat_path, self._chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/health", self._health, methods=["GET"]),
-        ])
+        ]
 
     def push(self, *replies: Reply) -> ScriptedBackend:
         self.replies.extend(replies)
@@ -137,6 +147,48 @@ class ScriptedBackend:
     async def _health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    # --- the wire: override these for another protocol ----------------------------------
+
+    def is_stream(self, body: dict[str, Any]) -> bool:
+        return bool(body.get("stream"))
+
+    def completion_body(self, reply: Reply, body: dict[str, Any]) -> Any:
+        """The JSON answer to a non-streamed request."""
+        return {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "message": reply.message,
+                         "finish_reason": reply.finish_reason}],
+            "usage": reply.usage,
+        }
+
+    def stream_pieces(self, reply: Reply, body: dict[str, Any]) -> list[bytes]:
+        """The bytes of a streamed answer, one piece per event (each after ``reply.delay``)."""
+        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+                "model": body.get("model")}
+        chunks = reply.stream_chunks if reply.stream_chunks is not None else auto_chunks(reply)
+        pieces: list[bytes] = []
+        for delta in chunks:
+            if isinstance(delta, str):
+                pieces.append(delta.encode())  # raw bytes, for malformed-stream tests
+                continue
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            pieces.append(f"data: {json.dumps({**head, 'choices': [choice]})}\n\n".encode())
+        final = {"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
+        pieces.append(f"data: {json.dumps({**head, 'choices': [final]})}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {**head, "choices": [], "usage": reply.usage}
+            pieces.append(f"data: {json.dumps(usage)}\n\n".encode())
+        pieces.append(b"data: [DONE]\n\n")
+        return pieces
+
+    def error_response(self, reply: Reply) -> Response:
+        return JSONResponse(reply.error_body, status_code=reply.status)
+
+    stream_media_type = "text/event-stream"
+
+    # --- serving ---------------------------------------------------------------------------
+
     async def _chat(self, request: Request) -> Response:
         raw = await request.body()
         body = json.loads(raw)
@@ -148,9 +200,9 @@ class ScriptedBackend:
             return Response(reply.raw_body, status_code=reply.status,
                             media_type="application/json")
         if reply.status != 200:
-            return JSONResponse(reply.error_body, status_code=reply.status)
-        if body.get("stream"):
-            return StreamingResponse(self._stream(reply, body), media_type="text/event-stream")
+            return self.error_response(reply)
+        if self.is_stream(body):
+            return StreamingResponse(self._stream(reply, body), media_type=self.stream_media_type)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -163,36 +215,18 @@ class ScriptedBackend:
             raise
         finally:
             self.in_flight -= 1
-        return JSONResponse({
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
-            "model": body.get("model"),
-            "choices": [{"index": 0, "message": reply.message,
-                         "finish_reason": reply.finish_reason}],
-            "usage": reply.usage,
-        })
+        return JSONResponse(self.completion_body(reply, body))
 
     async def _stream(self, reply: Reply, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
-                "model": body.get("model")}
-        chunks = reply.stream_chunks if reply.stream_chunks is not None else auto_chunks(reply)
+        pieces = self.stream_pieces(reply, body)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         finished = False
         try:
-            for delta in chunks:
+            for piece in pieces:
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
-                if isinstance(delta, str):
-                    yield delta.encode()  # raw bytes, for malformed-stream tests
-                    continue
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
-                yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n".encode()
-            final = {"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
-            yield f"data: {json.dumps({**head, 'choices': [final]})}\n\n".encode()
-            if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {**head, "choices": [], "usage": reply.usage}
-                yield f"data: {json.dumps(usage)}\n\n".encode()
-            yield b"data: [DONE]\n\n"
+                yield piece
             finished = True
         finally:
             self.in_flight -= 1
@@ -240,12 +274,16 @@ def build_state(
     spec: BackendSpec | None = None,
     model: str | None = None,
     guardrails: GuardrailSettings | None = None,
+    host: Any = None,
     **config: Any,
 ) -> Any:
-    """An AppState with forge's real engine in front of ``backend`` (an ASGI fake or transport)."""
-    from forge_core.app import AppState
-    from forge_core.engine import Engine
-    from forge_core.limiter import Limiter
+    """An AppState with forge's real engine in front of ``backend`` (an ASGI fake or transport).
+
+    ``host`` (a :class:`~forge_core.plugins.PluginHost`) supplies the rescue parsers and
+    request transforms: register your parser or transform plugin on one to test it in the
+    whole pipeline. By default only forge's built-in ones.
+    """
+    from forge_core.app import wire_state
     from forge_core.plugins import PluginHost
 
     transport = (
@@ -260,10 +298,8 @@ def build_state(
     serve = ServeConfig(
         backend=settings, plugin=spec.name, guardrails=guardrails or GuardrailSettings(), **config
     )
-    host = PluginHost()
-    engine = Engine(client, spec, serve.guardrails, host.rescue_parsers(), host.transforms())
-    limiter = Limiter(serve.max_concurrency, serve.max_queue)
-    return AppState(config=serve, spec=spec, client=client, engine=engine, limiter=limiter)
+    host = host or PluginHost()
+    return wire_state(serve, spec, client, host.rescue_parsers(), host.transforms())
 
 
 @contextlib.asynccontextmanager

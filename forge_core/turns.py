@@ -22,24 +22,37 @@ def new_id(prefix: str, nbytes: int = 12) -> str:
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
+    """The whole prompt, cached part included (OpenAI's meaning)."""
     completion_tokens: int = 0
+    cached_tokens: int | None = None
+    """Prompt tokens the backend took from its prefix cache instead of processing them; None
+    when the backend does not say (never reported as 0 then)."""
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
+        cached = (
+            None
+            if self.cached_tokens is None and other.cached_tokens is None
+            else (self.cached_tokens or 0) + (other.cached_tokens or 0)
+        )
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            cached,
         )
 
-    def as_openai(self) -> dict[str, int]:
-        return {
+    def as_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        if self.cached_tokens is not None:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return out
 
 
 @dataclass(slots=True)

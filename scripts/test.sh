@@ -9,6 +9,7 @@ if [ -x scripts/setup-vllm.sh ] && [ "${FORGE_SKIP_VLLM:-0}" != "1" ]; then
   export FORGE_REQUIRE_VLLM=1
 fi
 export FORGE_REQUIRE_LLAMA=1
+export FORGE_REQUIRE_BROWSER=1
 .venv/bin/ruff check . || exit 1
 # Fast unit tests first, then the real-server ones (marked), in one pytest run per group.
 .venv/bin/pytest -q -m "not llama and not vllm and not slow" "$@"

@@ -4,28 +4,34 @@ Rules, in the order they apply to the text of one answer:
 
 * A marker (a rescue parser's opening such as ``<tool_call>`` or a code fence) starts holding
   where it starts, anywhere in the text; everything after it is held too.
-* ``{`` and ``[`` are special: they hold only when they open the response or a line (after
-  optional spaces or tabs). A brace mid-line (``a set {1,2}``) is ordinary prose and is never
-  delayed; a model printing a call starts it on its own line.
+* ``{`` and ``[`` hold only as the start of a JSON call: ``{`` followed by ``"`` and ``[``
+  followed by ``{`` (spaces and newlines may come between), anywhere, mid-line too
+  (``Sure: {"name": ...}``). A brace followed by anything else (``a set {1,2}``) is prose and
+  is never held; a brace ending a chunk waits for the next chunk's first character.
 * Text ending in the beginning of a marker (``"... <tool"``, ``"``"``) is held until the next
   feed shows whether the marker completes.
 * Openings that cannot start a call are released as soon as that is visible, without needing
-  tool names: ``{`` not followed by ``"``, ``[`` not followed by ``{``, inline
-  ```` ```code``` ````, and a fenced code block whose body does not start with JSON (the block
-  then streams through as prose until its closing fence).
-* :meth:`HoldBack.release_if_resolved` decides complete candidates (a balanced JSON value, a
-  closed fence, a closed ``<tool_call>``/``<function=>`` tag) with the rescue parsers: a call
-  for a known tool keeps everything held until :meth:`HoldBack.flush`; anything else is
-  released. A hold longer than ``max_held`` whose head does not name a known tool is released.
+  tool names: inline ```` ```code``` ````, and a fenced code block whose body does not start
+  with JSON (the block then streams through as prose until its closing fence).
+* :meth:`HoldBack.release_if_resolved` decides complete candidates (a JSON value that closed
+  or hit a mismatched bracket, a closed fence, a closed ``<tool_call>``/``<function=>`` tag)
+  with the rescue parsers: a call for a known tool keeps everything held until
+  :meth:`HoldBack.flush`; anything else is released. A candidate that does not name a known
+  tool is released without running the parsers.
+* A hold longer than ``max_held`` whose first KiB names no known tool is released, together
+  with every later marker whose own first KiB names no known tool (up to the first marker
+  that does, or that starts within the last KiB, where that cannot be known yet).
 
-Cost is linear: each feed scans only its new text (held text is scanned incrementally by the
-hold's own scanner). Text is rescanned only after a hold is released, and holds of ambiguous
-openings are bounded by ``max_held``.
+Cost is linear in the text, whatever it contains: input is processed in slices of at most
+:data:`SLICE` characters, each hold's scanner sees each character once, a candidate is
+decided (and held text rescanned) only from where it ended, and a release at the bound
+releases all but at most a KiB of what was scanned.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +45,15 @@ CLOSERS = {"<tool_call>": "</tool_call>", "<function=": "</function>"}
 
 MAX_INFO = 100
 """A fence opening line longer than this is not a code fence info string."""
+
+SLICE = 1024
+"""Input is scanned in slices of this size, so a decision costs at most a slice of copying."""
+
+HEAD = 1024
+"""How much of a long hold must name a known tool for it to be kept past ``max_held``."""
+
+MAX_BRACE_GAP = 64
+"""Whitespace allowed between ``{`` and ``"`` (or ``[`` and ``{``) of a JSON call opening."""
 
 Step = tuple[str, int, bool]
 """``("release", cut, code)``: release held[:cut] (``code``: it opened a code block);
@@ -92,7 +107,9 @@ class _BraceScan:
             elif char in "{[":
                 self.stack.append(char)
             elif self.stack.pop() != self._PAIRS[char]:
-                return ("release", 1, False)  # mismatched brackets: not JSON
+                # Not JSON; a call may still sit inside it (a broken wrapper): let the
+                # parsers decide the candidate as it stands, then scan on after it.
+                return ("closed", offset + i, False)
             elif not self.stack:
                 return ("closed", offset + i, False)
         return None
@@ -237,33 +254,102 @@ class HoldBack:
         unique = {m for m in markers if m and m[0] not in "\r\n"}
         self._braces = "".join(sorted(m for m in unique if m in BRACES))
         self._tags = sorted(unique - set(BRACES), key=len, reverse=True)
+        self._tag_set = frozenset(self._tags)
         alternatives = [re.escape(m) for m in self._tags]
-        if self._braces:
-            alternatives.append(r"\n[ \t]*[" + re.escape(self._braces) + "]")
+        gap = f"[ \\t\\r\\n]{{0,{MAX_BRACE_GAP}}}"
+        if "{" in self._braces:
+            alternatives.append(r"\{" + gap + '"')
+        if "[" in self._braces:
+            alternatives.append(r"\[" + gap + r"\{")
         self._pattern = re.compile("|".join(alternatives)) if alternatives else None
+        self._brace_partial = (
+            re.compile("[" + re.escape(self._braces) + "]" + gap + r"\Z") if self._braces else None
+        )
         self._prefixes = {t[:size] for t in self._tags for size in range(1, len(t))}
         self._longest_prefix = max((len(p) for p in self._prefixes), default=0)
         self._first_chars = {t[0] for t in self._tags}
         self._line_start = True  # the emitted text so far ends at the start of a line
         self._in_code = False  # inside a fenced code block that was released as prose
         self._hold: _Hold | None = None
+        self._pending: deque[str] = deque()
+        """Input not scanned yet: it waits while a candidate awaits its decision."""
+        self._name_patterns: dict[frozenset[str], re.Pattern[str] | None] = {}
 
     # --- public ----------------------------------------------------------------------------
 
     @property
     def held(self) -> str:
         """The text currently held back."""
-        return self._joined() if self._hold is not None else ""
+        return self._joined() + "".join(self._pending)
 
     @property
     def holding(self) -> bool:
-        return self._hold is not None and self._hold.size > 0
+        return (self._hold is not None and self._hold.size > 0) or bool(self._pending)
 
     def feed(self, text: str) -> str:
         """Take the next piece of the answer; return the text that is safe to emit now."""
+        if text:
+            self._pending.append(text)
+        return self._pump()
+
+    def release_if_resolved(self, tool_names: Collection[str]) -> str:
+        """Release held text that can no longer become a call for one of ``tool_names``."""
+        names = self._names_pattern(frozenset(tool_names))
+        out: list[str] = []
+        while True:
+            out.append(self._pump())
+            hold = self._hold
+            if hold is None or hold.scanner is None or hold.call:
+                break
+            if hold.closed_at is not None:
+                candidate = self._joined()[: hold.closed_at]
+                named = names is not None and names.search(candidate) is not None
+                if named and rescue(candidate, tool_names, self._parsers)[0]:
+                    hold.call = True  # a real call: hold it and whatever follows to the end
+                    continue
+                out.append(self._release(hold.closed_at, code=False))
+            elif hold.size > self._max_held and not hold.bound_checked:
+                hold.bound_checked = True
+                held = self._joined()
+                if names is not None and names.search(held, 0, HEAD) is not None:
+                    continue  # a long call in progress (a file's content, say): keep holding
+                out.append(self._release(self._bound_cut(held, names), code=False))
+            else:
+                break
+        return "".join(out)
+
+    def flush(self) -> str:
+        """End of stream: return everything still held."""
+        held = self.held
+        self._hold = None
+        self._pending.clear()
+        self._in_code = False
+        return held
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _pump(self) -> str:
+        """Scan pending input, a slice at a time, until it is used up or a candidate waits."""
+        out: list[str] = []
+        while self._pending and not self._waiting():
+            text = self._pending.popleft()
+            if len(text) > SLICE:
+                self._pending.appendleft(text[SLICE:])
+                text = text[:SLICE]
+            out.append(self._step(text))
+        return "".join(out)
+
+    def _waiting(self) -> bool:
+        """A hold awaits a decision that needs tool names (``release_if_resolved``)."""
         hold = self._hold
-        if not text:
-            return ""
+        if hold is None or hold.scanner is None or hold.call:
+            return False
+        return hold.closed_at is not None or (
+            hold.size > self._max_held and not hold.bound_checked
+        )
+
+    def _step(self, text: str) -> str:
+        hold = self._hold
         if hold is None:
             return self._free(text)
         if hold.scanner is None:  # a partial marker: decide it together with the new text
@@ -275,38 +361,6 @@ class HoldBack:
         hold.size += len(text)
         released, rest = self._scan(hold, text, offset)
         return released + self._free(rest)
-
-    def release_if_resolved(self, tool_names: Collection[str]) -> str:
-        """Release held text that can no longer become a call for one of ``tool_names``."""
-        names = frozenset(tool_names)
-        out: list[str] = []
-        while (hold := self._hold) is not None and hold.scanner is not None and not hold.call:
-            if hold.closed_at is not None:
-                calls, _ = rescue(self._joined()[: hold.closed_at], names, self._parsers)
-                if calls:
-                    hold.call = True  # a real call: hold it and whatever follows to the end
-                    break
-                released, rest = self._release(hold.closed_at, code=False)
-            elif hold.size > self._max_held and not hold.bound_checked:
-                hold.bound_checked = True
-                if self._names_a_tool(self._joined(), names):
-                    break  # a long call in progress (a file's content, say): keep holding
-                cut, code = hold.scanner.bound_cut(hold.size)
-                released, rest = self._release(cut, code=code)
-            else:
-                break
-            out.append(released)
-            out.append(self._free(rest))
-        return "".join(out)
-
-    def flush(self) -> str:
-        """End of stream: return everything still held."""
-        held = self.held
-        self._hold = None
-        self._in_code = False
-        return held
-
-    # --- internals -------------------------------------------------------------------------
 
     def _free(self, text: str) -> str:
         """Scan text while not holding: emit prose, open a hold at the first marker."""
@@ -328,21 +382,23 @@ class HoldBack:
             out.append(released)
         return "".join(out)
 
-    def _search(self, text: str) -> tuple[int, str] | None:
+    def _search(self, text: str, start: int = 0) -> tuple[int, str] | None:
         if self._pattern is None:
             return None
-        # A sentinel stands for what precedes ``text``, so "^" needs no special case.
-        match = self._pattern.search(("\n" if self._line_start else "\x00") + text)
+        match = self._pattern.search(text, start)
         if match is None:
             return None
-        if match.group()[0] != "\n":
-            return match.start() - 1, match.group()
-        position = match.end() - 2
-        tag = next((t for t in self._tags if text.startswith(t, position)), None)
-        return position, tag or text[position]
+        found = match.group()
+        return match.start(), found if found in self._tag_set else found[0]
 
     def _partial_start(self, text: str) -> int:
-        """Where a proper prefix of a tag marker begins at the very end of ``text``."""
+        """Where a possible marker begins at the very end of ``text`` (a proper prefix of a
+        tag, or a brace followed only by whitespace)."""
+        if self._brace_partial is not None:
+            tail = text[-(MAX_BRACE_GAP + 1) :]
+            match = self._brace_partial.search(tail)
+            if match is not None:
+                return len(text) - len(tail) + match.start()
         tail = text[-self._longest_prefix :] if self._longest_prefix else ""
         if not any(char in tail for char in self._first_chars):  # the common case: prose
             return len(text)
@@ -391,25 +447,49 @@ class HoldBack:
         kind, position, code = step
         if kind == "closed":
             hold.closed_at = position
-            return "", ""
-        if hold.marker in BRACES:
-            # "[" at a line start may be the beginning of a tag such as "[TOOL_CALLS]".
+            # What follows the candidate is not part of it: it waits, unscanned.
             held = self._joined()
-            tag = next((t for t in self._tags if held.startswith(t)), None)
-            if tag is not None:
-                self._hold = None
-                return self._open(tag, held)
-            if any(t.startswith(held) for t in self._tags):
-                hold.scanner = None  # a partial marker: the next feed decides
-                return "", ""
-        return self._release(position, code=code)
-
-    def _release(self, cut: int, *, code: bool) -> tuple[str, str]:
+            if position < len(held):
+                self._pending.appendleft(held[position:])
+                hold.parts[:] = [held[:position]]
+                hold.size = position
+            return "", ""
         held = self._joined()
         self._hold = None
-        released = self._emit(held[:cut])
+        released = self._emit(held[:position])
         self._in_code = code
-        return released, held[cut:]
+        return released, held[position:]
+
+    def _release(self, cut: int, *, code: bool) -> str:
+        """Emit held[:cut]; the rest goes back to the pending input, to be scanned again."""
+        held = self._joined()
+        self._hold = None
+        self._in_code = code
+        if cut < len(held):
+            self._pending.appendleft(held[cut:])
+        return self._emit(held[:cut])
+
+    def _bound_cut(self, held: str, names: re.Pattern[str] | None) -> int:
+        """How much of a long hold that names no tool to release: up to the first later
+        marker whose first KiB names a tool or is not all there yet; with no such marker,
+        everything but a possible marker beginning at the end."""
+        incomplete = max(1, len(held) - HEAD)
+        found = self._search(held, incomplete)
+        best = found[0] if found is not None else None
+        # The earliest marker with a name in its first KiB lies in the window before the
+        # first name that has a marker there; the "first marker from here" only moves on.
+        marker = -1
+        for name in names.finditer(held) if names is not None else ():
+            window = max(1, name.start() - HEAD + 1)
+            if best is not None and window >= best:
+                break
+            if marker < window:
+                found = self._search(held, window)
+                marker = found[0] if found is not None else len(held)
+            if marker <= name.start():
+                best = marker if best is None else min(best, marker)
+                break
+        return best if best is not None else max(1, self._partial_start(held))
 
     def _joined(self) -> str:
         hold = self._hold
@@ -427,10 +507,11 @@ class HoldBack:
             self._line_start = blank if newline != -1 else (self._line_start and blank)
         return text
 
-    @staticmethod
-    def _names_a_tool(held: str, names: frozenset[str]) -> bool:
-        head = held[:1024]
-        return any(
-            re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", head) is not None
-            for name in names
-        )
+    def _names_pattern(self, names: frozenset[str]) -> re.Pattern[str] | None:
+        """A tool name standing as a word of its own (None: no names, nothing can be a call)."""
+        if names not in self._name_patterns:
+            words = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+            self._name_patterns[names] = (
+                re.compile(rf"(?<![\w.-])(?:{words})(?![\w.-])") if words else None
+            )
+        return self._name_patterns[names]

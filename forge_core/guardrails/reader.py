@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -35,41 +36,78 @@ class _Failure:
 
 
 class BackendReader:
-    """Pumps ``source`` into a bounded queue from a separate task; always :meth:`aclose` it."""
+    """Pumps ``source`` into a bounded buffer from a separate task; always :meth:`aclose` it.
+
+    A wait costs no task and, usually, no new timer: the consumer waits on one future, and a
+    single timer (re-armed lazily, like :mod:`forge_core.deadline`'s) ends a wait that
+    outlasts its timeout. ``asyncio.wait_for`` made a task and a timer per held chunk.
+    """
 
     def __init__(self, source: AsyncIterator[BackendChunk]) -> None:
-        self._queue: asyncio.Queue[BackendChunk | _Failure | str] = asyncio.Queue(QUEUE_SIZE)
+        self._loop = asyncio.get_running_loop()
+        self._items: deque[BackendChunk | _Failure | str] = deque()
+        self._waiter: asyncio.Future[None] | None = None  # the consumer, waiting for an item
+        self._room: asyncio.Future[None] | None = None  # the pump, waiting for space
+        self._until = 0.0  # when the consumer's current wait times out
+        self._timer: asyncio.TimerHandle | None = None
         self._task = asyncio.ensure_future(self._pump(source))
 
     async def _pump(self, source: AsyncIterator[BackendChunk]) -> None:
         try:
             async for chunk in source:
-                await self._queue.put(chunk)
+                await self._put(chunk)
         except Exception as exc:  # handed to the consumer, raised there
-            await self._queue.put(_Failure(exc))
+            await self._put(_Failure(exc))
         else:
-            await self._queue.put(END)
+            await self._put(END)
         finally:
             with contextlib.suppress(Exception):
                 await source.aclose()  # type: ignore[attr-defined]
+
+    async def _put(self, item: BackendChunk | _Failure | str) -> None:
+        while len(self._items) >= QUEUE_SIZE:
+            self._room = self._loop.create_future()
+            await self._room
+        self._items.append(item)
+        _wake(self._waiter)
 
     async def next(self, timeout: float | None = None) -> BackendChunk | str:
         """The next chunk, :data:`END`, or :data:`TIMEOUT` after ``timeout`` seconds.
 
         A backend error is raised here, in the consumer.
         """
-        if not self._queue.empty():
-            item = self._queue.get_nowait()
-        elif timeout is None:
-            item = await self._queue.get()
-        else:
+        if not self._items:
+            waiter = self._waiter = self._loop.create_future()
+            if timeout is not None:
+                self._arm(self._loop.time() + max(timeout, 0.0))
             try:
-                item = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0))
-            except TimeoutError:
+                await waiter
+            finally:
+                self._waiter = None
+            if not self._items:
                 return TIMEOUT
+        item = self._items.popleft()
+        _wake(self._room)
         if isinstance(item, _Failure):
             raise item.error
         return item
+
+    def _arm(self, until: float) -> None:
+        self._until = until
+        if self._timer is None or self._timer.when() > until:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(until, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms the timer again
+        if self._loop.time() >= self._until:
+            waiter.set_result(None)  # woken with nothing: a timeout
+        else:  # a later wait moved the end: sleep on until then
+            self._timer = self._loop.call_at(self._until, self._expire)
 
     async def aclose(self) -> None:
         """Stop reading and close the backend stream.
@@ -78,5 +116,13 @@ class BackendReader:
         the caller into it: if the caller is cancelled meanwhile, the reader still finishes
         closing on its own.
         """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._task.cancel()
         await asyncio.wait({self._task})
+
+
+def _wake(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)

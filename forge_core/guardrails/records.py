@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -13,6 +13,10 @@ class RescuedCall:
 
     name: str
     arguments: dict[str, Any]
+    texts: dict[str, str] | None = field(default=None, compare=False)
+    """Top-level values the format wrote as bare text (XML ``<parameter=k>42</parameter>``),
+    decoded as JSON where they were JSON: forge gives a parameter whose schema says string its
+    text back (``"42"`` stays ``"42"``). None when the format types its values itself."""
 
 
 @dataclass(frozen=True, slots=True)

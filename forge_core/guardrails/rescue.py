@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from forge_core.boundary import plugin_code_failed
 from forge_core.guardrails.records import RescuedCall, RescueParser
 
 Hit = tuple[int, int, list[RescuedCall]]
@@ -66,6 +67,55 @@ def strip_think(text: str) -> str:
         pos = len(text) if end == -1 else end + len(closer)
     out.append(text[pos:])
     return "".join(out)
+
+
+def think_text(text: str) -> str:
+    """The reasoning inside ``text``'s think blocks (what :func:`strip_think` removes), joined
+    by blank lines: a model may write its call there and leave the content empty."""
+    parts: list[str] = []
+    for opener, closer in _THINK_PAIRS:
+        close = _THINK_CLOSE[closer].search(text)
+        if close is not None and opener not in text[: close.start()]:
+            parts.append(text[: close.start()])
+            text = text[close.end() :]
+    pos = 0
+    while (match := _THINK_OPEN.search(text, pos)) is not None:
+        closer = dict(_THINK_PAIRS)[match.group().strip()]
+        end = text.find(closer, match.end())
+        parts.append(text[match.end() : len(text) if end == -1 else end])
+        pos = len(text) if end == -1 else end + len(closer)
+    return "\n\n".join(part.strip() for part in parts if part.strip())
+
+
+_OPEN_CLOSE = (
+    ("<tool_call>", "</tool_call>"),
+    ("<function=", "</function>"),
+    ("<|tool_call>", "<tool_call|>"),
+)
+_LINE_JSON = re.compile(r'(?m)^[ \t]*(?:```[\w-]*[ \t]*\n[ \t]*)?[\[{][ \t\r\n]*["{]')
+
+
+def open_at_end(text: str) -> bool:
+    """Is ``text`` cut inside call markup: a tag left open, or call JSON that never closes?
+
+    For an answer cut by ``max_tokens``: its last values may be truncated, so it is retried
+    rather than rescued.
+    """
+    for opener, closer in _OPEN_CLOSE:
+        start = text.rfind(opener)
+        if start != -1 and text.find(closer, start) == -1:
+            return True
+    starts = list(_LINE_JSON.finditer(text))
+    if not starts:
+        return False
+    brace = starts[-1].start()
+    while text[brace] not in "[{":
+        brace += 1
+    try:
+        _DECODER.raw_decode(text, brace)
+    except (ValueError, RecursionError):
+        return True
+    return False
 
 
 # --- call objects ------------------------------------------------------------------------------
@@ -345,26 +395,139 @@ def find_xml(text: str, names: frozenset[str]) -> list[Hit]:
         name = match.group(1).strip()
         if name in names:
             body = text[match.end() : body_end]
-            arguments = {
-                p.group(1).strip(): _xml_value(p.group(2)) for p in _PARAMETER.finditer(body)
-            }
-            hits.append((match.start(), stop, [RescuedCall(name, arguments)]))
+            texts = {p.group(1).strip(): _xml_text(p.group(2)) for p in _PARAMETER.finditer(body)}
+            arguments = {key: _xml_value(raw) for key, raw in texts.items()}
+            hits.append((match.start(), stop, [RescuedCall(name, arguments, texts)]))
         pos = stop if name in names else match.end()
     return hits
 
 
-def _xml_value(raw: str) -> Any:
+def _xml_text(raw: str) -> str:
     # The Qwen3-Coder template writes one newline on each side of a value.
     value = raw[1:] if raw.startswith("\n") else raw
-    value = value[:-1] if value.endswith("\n") else value
+    return value[:-1] if value.endswith("\n") else value
+
+
+def _xml_value(value: str) -> Any:
     try:
         return _DECODER.decode(value.strip()) if value.strip() else value
     except (ValueError, RecursionError):
         return value
 
 
+_GEMMA_OPEN, _GEMMA_CLOSE, _GEMMA_QUOTE = "<|tool_call>", "<tool_call|>", '<|"|>'
+_GEMMA_CALL = re.compile(r"(<\|tool_call>[ \t]*|(?m:^)[ \t]*)call:([A-Za-z0-9_.-]+)\{")
+_GEMMA_BARE = re.compile(r"[^,}\]]*")
+_GEMMA_KEY = re.compile(r"[ \t\r\n]*([A-Za-z_][\w.-]*)[ \t]*:")
+_GEMMA_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+MAX_GEMMA_DEPTH = 32
+
+
+def find_gemma4(text: str, names: frozenset[str]) -> list[Hit]:
+    """Gemma 4 ``<|tool_call>call:NAME{key:<|"|>text<|"|>,n:3}<tool_call|>``; also the bare
+    ``call:NAME{...}`` at a line start (a server that strips special tokens). Strings are
+    quoted with ``<|"|>``, keys are bare, numbers and booleans are bare (format: vLLM's
+    ``gemma4_tool_parser.py``, the Gemma 4 chat template)."""
+    hits: list[Hit] = []
+    pos = 0
+    while (match := _GEMMA_CALL.search(text, pos)) is not None:
+        tagged = match.group(1).strip().startswith(_GEMMA_OPEN)
+        name = match.group(2)
+        try:
+            arguments, end = _gemma_object(text, match.end(), 0)
+        except (ValueError, IndexError):
+            pos = match.end()
+            continue
+        if name not in names:
+            pos = end
+            continue
+        if tagged:
+            after = _skip(text, end)
+            end = after + len(_GEMMA_CLOSE) if text.startswith(_GEMMA_CLOSE, after) else end
+        hits.append((match.start(), end, [RescuedCall(name, arguments)]))
+        pos = end
+    return hits
+
+
+def _gemma_object(text: str, pos: int, depth: int) -> tuple[dict[str, Any], int]:
+    """The ``key:value,...}`` body after an opening brace, and the end after its ``}``."""
+    if depth > MAX_GEMMA_DEPTH:
+        raise ValueError("nested too deeply")
+    out: dict[str, Any] = {}
+    pos = _skip(text, pos)
+    while text[pos] != "}":
+        if text.startswith(_GEMMA_QUOTE, pos):
+            key, pos = _gemma_string(text, pos)
+            pos = _skip(text, pos)
+            if text[pos] != ":":
+                raise ValueError("expected ':'")
+            pos += 1
+        else:
+            match = _GEMMA_KEY.match(text, pos)
+            if match is None:
+                raise ValueError("expected a key")
+            key, pos = match.group(1), match.end()
+        out[key], pos = _gemma_value(text, _skip(text, pos), depth)
+        pos = _skip(text, pos)
+        if text[pos] == ",":
+            pos = _skip(text, pos + 1)
+        elif text[pos] != "}":
+            raise ValueError("expected ',' or '}'")
+    return out, pos + 1
+
+
+def _gemma_value(text: str, pos: int, depth: int) -> tuple[Any, int]:
+    if text.startswith(_GEMMA_QUOTE, pos):
+        return _gemma_string(text, pos)
+    if text[pos] == "{":
+        return _gemma_object(text, pos + 1, depth + 1)
+    if text[pos] == "[":
+        items: list[Any] = []
+        pos = _skip(text, pos + 1)
+        while text[pos] != "]":
+            item, pos = _gemma_value(text, pos, depth + 1)
+            items.append(item)
+            pos = _skip(text, pos)
+            if text[pos] == ",":
+                pos = _skip(text, pos + 1)
+            elif text[pos] != "]":
+                raise ValueError("expected ',' or ']'")
+        return items, pos + 1
+    match = _GEMMA_BARE.match(text, pos)
+    raw = match.group().strip() if match is not None else ""
+    if not raw or "\n" in raw:
+        raise ValueError("expected a value")
+    end = match.end() if match is not None else pos
+    if raw in ("true", "false"):
+        return raw == "true", end
+    if raw == "null":
+        return None, end
+    if _GEMMA_NUMBER.fullmatch(raw):
+        return json.loads(raw), end
+    return raw, end
+
+
+def _gemma_string(text: str, pos: int) -> tuple[str, int]:
+    start = pos + len(_GEMMA_QUOTE)
+    end = text.find(_GEMMA_QUOTE, start)
+    if end == -1:
+        raise ValueError("unterminated string")
+    return text[start:end], end + len(_GEMMA_QUOTE)
+
+
 _JSON_START = re.compile(r'\{\s*"|\[\s*\{')
 MAX_JSON_FAILURES = 500
+
+
+JSON_SCAN_FACTOR = 4
+"""Failed decodes in :func:`find_json` may scan the text about this many times in all."""
+
+
+def _failed_scan(text: str, start: int, exc: BaseException) -> int:
+    """How far a failed ``raw_decode`` from ``start`` read (to the end when unknown)."""
+    if isinstance(exc, json.JSONDecodeError) and not exc.msg.startswith("Unterminated"):
+        return max(1, exc.pos - start)
+    return len(text) - start
 
 
 def find_json(text: str, names: frozenset[str]) -> list[Hit]:
@@ -377,13 +540,17 @@ def find_json(text: str, names: frozenset[str]) -> list[Hit]:
     hits: list[Hit] = []
     pos = 0
     failures = 0
+    # Failed decodes overlap (each candidate inside an unclosed value is tried again), so
+    # their cost is budgeted: linear in the text, however many candidates it holds.
+    budget = JSON_SCAN_FACTOR * len(text) + 65536
     while (match := _JSON_START.search(text, pos)) is not None:
         try:
             value, end = _DECODER.raw_decode(text, match.start())
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as exc:
             failures += 1
-            if failures > MAX_JSON_FAILURES:
-                break  # junk, not an answer: each failed attempt costs a scan of the text
+            budget -= _failed_scan(text, match.start(), exc)
+            if failures > MAX_JSON_FAILURES or budget < 0:
+                break  # junk, not an answer
             pos = match.start() + 1
             continue
         calls = calls_in_value(value, names)
@@ -424,6 +591,7 @@ BUILTIN_PARSERS: tuple[RescueParser, ...] = (
     _parser("mistral", find_mistral, ("[TOOL_CALLS]",), 30),
     _parser("llama3", find_python_tag, ("<|python_tag|>",), 40),
     _parser("qwen-xml", find_xml, ("<function=",), 50),
+    _parser("gemma4", find_gemma4, ("<|tool_call>",), 60),
     _parser("json", find_json, ("{", "["), 90),
 )
 
@@ -446,7 +614,8 @@ def _usable(call: Any, names: frozenset[str]) -> bool:
 
 
 def _run(parser: RescueParser, text: str, names: frozenset[str]) -> list[Hit]:
-    """The parser's hits with unusable calls dropped; a parser that raises finds nothing."""
+    """The parser's hits with unusable calls dropped; a parser that raises finds nothing
+    (and is noted and logged by the error boundary)."""
     try:
         locate = getattr(parser.parse, "locate", None)
         if locate is not None:
@@ -455,7 +624,9 @@ def _run(parser: RescueParser, text: str, names: frozenset[str]) -> list[Hit]:
             raw = [(0, len(text), list(parser.parse(text, names)))]
         hits = [(s, e, [c for c in calls if _usable(c, names)]) for s, e, calls in raw]
         return [hit for hit in hits if hit[2]]
-    except Exception:
+    except Exception as exc:
+        origin = getattr(parser.parse, "__module__", None) or "?"
+        plugin_code_failed("rescue", parser.name, origin, exc)
         return []
 
 

@@ -1,13 +1,14 @@
 """Validation of tool calls against the request's tools and their JSON Schemas.
 
-Everything here is pure: no I/O, no logging of argument values. A :class:`Problem` carries one
-short sentence that is precise enough to show the model in a corrective retry.
+Everything here is pure: no I/O (validators never fetch a ``$ref``, see
+:mod:`forge_core.guardrails.safe_schema`), no logging of argument values. A :class:`Problem`
+carries one short sentence that is precise enough to show the model in a corrective retry.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 
+from forge_core.guardrails import safe_schema
+from forge_core.guardrails.placeholders import placeholder_messages
 from forge_core.turns import AssistantTurn, ToolCall
+
+log = logging.getLogger("forge.guardrails")
 
 ProblemKind = Literal[
     "unknown_tool",
@@ -27,6 +32,10 @@ ProblemKind = Literal[
     "duplicate_id",
     "missing_id",
     "no_tool_call",
+    "tool_intent",  # prose that tries to use a tool under auto (guardrails/intent.py)
+    "truncated",  # call markup cut off by max_tokens: never rescued with cut values
+    "unparsed",  # the backend failed to parse the model's output and did not return it
+    "placeholder",  # an argument copied from the tool definition (guardrails/placeholders.py)
 ]
 
 MAX_SCHEMA_PROBLEMS = 5
@@ -49,7 +58,9 @@ class ToolIndex:
     in :attr:`notes`, so a client's sloppy schema never turns into a retry loop.
     """
 
-    def __init__(self, tools: Sequence[Any] | None) -> None:
+    def __init__(self, tools: Sequence[Any] | None, conversation: str | None = None) -> None:
+        self.conversation = conversation
+        """The request's message text for the placeholder check; None turns the check off."""
         self._tools: dict[str, dict[str, Any]] = {}
         self._validators: dict[str, Validator | None] = {}
         self.notes: dict[str, str] = {}
@@ -83,10 +94,18 @@ class ToolIndex:
         if not isinstance(schema, dict | bool):
             self.notes[name] = "parameters is not a JSON Schema object; any object is accepted"
             return None
-        validator, note = compiled_validator(schema)
+        validator, note = compiled_validator(schema, name)
         if note:
             self.notes[name] = note
         return validator
+
+    def give_up_on(self, name: str, note: str) -> None:
+        """Stop enforcing ``name``'s schema (it could not be applied to a call)."""
+        self._validators[name] = None
+        self.notes[name] = note
+        schema = self.parameters(name)
+        if isinstance(schema, dict | bool):
+            forget_validator(schema, note)
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
@@ -105,31 +124,52 @@ _COMPILED: OrderedDict[str, tuple[Validator | None, str]] = OrderedDict()
 _COMPILED_MAX = 256
 
 
-def compiled_validator(schema: dict[str, Any] | bool) -> tuple[Validator | None, str]:
+def compiled_validator(
+    schema: dict[str, Any] | bool, name: str = ""
+) -> tuple[Validator | None, str]:
     """A checked, compiled validator for ``schema`` and a note when it cannot be enforced.
 
     Agents send the same tools with every request, and checking a schema costs far more than
     validating arguments against it, so compiled validators are kept (bounded, LRU) by the
     schema's canonical JSON. Validators hold no per-call state, so sharing them is safe.
+    A schema is not enforced when it is invalid, has a ``$ref`` outside itself, or a
+    ``patternProperties`` regex RE2 cannot run (see ``safe_schema``); that is logged once per
+    distinct schema, without the schema's content.
     """
-    try:
-        key = json.dumps(schema, sort_keys=True)
-    except (TypeError, ValueError):
-        key = None
+    key = _key(schema)
     if key is not None and key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key]
     try:
         cls = validators.validator_for(schema, default=Draft202012Validator)
         cls.check_schema(schema)
-        result: tuple[Validator | None, str] = (cls(schema), "")
-    except Exception as exc:  # SchemaError, or anything a strange schema provokes
+        reason, unevaluated = safe_schema.inspect(schema)
+        result: tuple[Validator | None, str] = (
+            (None, reason) if reason else (safe_schema.build(cls, schema, unevaluated), "")
+        )
+    except Exception as exc:  # SchemaError, RecursionError, anything a strange schema provokes
         result = (None, f"invalid parameters schema ({_first_line(exc)}); not enforced")
+    if result[0] is None:
+        log.warning("tool %r: schema %s", name[:100], result[1])
     if key is not None:
         _COMPILED[key] = result
         if len(_COMPILED) > _COMPILED_MAX:
             _COMPILED.popitem(last=False)
     return result
+
+
+def forget_validator(schema: dict[str, Any] | bool, note: str) -> None:
+    """Cache ``schema`` as not enforced (applying it to a call failed)."""
+    key = _key(schema)
+    if key is not None and key in _COMPILED:
+        _COMPILED[key] = (None, note)
+
+
+def _key(schema: Any) -> str | None:
+    try:
+        return json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _function_of(tool: Any) -> dict[str, Any] | None:
@@ -177,7 +217,19 @@ def normalize_arguments(text: str) -> str:
 
 
 def validate_call(call: ToolCall, index: ToolIndex, position: int) -> list[Problem]:
-    """Problems with one call: unknown name, arguments not a JSON object, schema violations."""
+    """Problems with one call: unknown name, arguments not a JSON object, schema violations,
+    then (when ``index.conversation`` is set) placeholder values."""
+    problems = _call_problems(call, index, position)
+    if problems or index.conversation is None:
+        return problems
+    arguments = decode_arguments(call.arguments)  # valid: _call_problems decoded it
+    messages = placeholder_messages(
+        call.name, arguments, index.parameters(call.name), index.names, index.conversation
+    )
+    return [Problem("placeholder", call.name, position, text) for text in messages]
+
+
+def _call_problems(call: ToolCall, index: ToolIndex, position: int) -> list[Problem]:
 
     def problem(kind: ProblemKind, message: str) -> Problem:
         return Problem(kind, call.name, position, message)
@@ -203,10 +255,18 @@ def validate_call(call: ToolCall, index: ToolIndex, position: int) -> list[Probl
     validator = index.validator(call.name)
     if validator is None:
         return []
+    safe_schema.reset_budget()
     try:
         errors = list(validator.iter_errors(arguments))
-    except Exception as exc:  # an unresolvable $ref, a broken regex: the schema's fault
-        index.notes[call.name] = f"schema could not be applied ({_first_line(exc)}); not enforced"
+    except safe_schema.TooComplex:  # this call only: a smaller one may still be checked
+        index.notes[call.name] = "schema too costly to apply to this call; not enforced"
+        log.warning("tool %r: schema too costly to apply to a call; not enforced", call.name)
+        return []
+    except Exception as exc:  # an unresolvable $ref, deep recursion: the schema's fault
+        # The exception text may quote a $ref URI (credentials): only its type is logged.
+        note = f"schema could not be applied ({type(exc).__name__}); not enforced"
+        log.warning("tool %r: %s", call.name, note)
+        index.give_up_on(call.name, note)
         return []
     messages: list[str] = []
     for error in sorted(errors, key=lambda e: [str(part) for part in e.absolute_path]):
@@ -368,10 +428,7 @@ def _unexpected(schema: Any, instance: dict[str, Any]) -> list[str]:
     for key in instance:
         if key in declared:
             continue
-        try:
-            if any(re.search(p, key) for p in patterns):
-                continue
-        except re.error:
+        if any(safe_schema.regex_search(p, key) for p in patterns):
             continue
         extra.append(key)
     return extra

@@ -4,8 +4,9 @@ the response body, the streaming emitter and errors.
 This module is pure translation (no I/O). The app parses ``POST /v1/messages`` with
 :func:`parse_messages_request`, hands :func:`to_openai_request` to the pipeline (which speaks
 OpenAI internally), and turns the result back with :func:`to_anthropic_message` or an
-:class:`AnthropicStreamEmitter`. ``from_openai_request`` goes the other way, for a backend that
-speaks Anthropic (the forge-anthropic plugin).
+:class:`AnthropicStreamEmitter`. This module is the client side only; the opposite direction
+(an OpenAI body encoded for a backend that speaks Anthropic) lives in the forge-anthropic
+plugin's ``forge_anthropic.encode``.
 
 Translation choices (documented because they lose information on purpose):
 
@@ -31,11 +32,9 @@ Translation choices (documented because they lose information on purpose):
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterable, AsyncIterator
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -61,6 +60,7 @@ from forge_core.turns import (
     Usage,
     new_id,
 )
+from forge_core.wire import jsonio
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +304,9 @@ def _validated(model: type[_Request], body: Any) -> _Request:
 
 
 def compact_json(value: Any) -> str:
-    """JSON without spaces, non-ASCII kept: the form tool arguments travel in."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON without spaces, non-ASCII kept: the form tool arguments travel in. Never fails
+    (lone surrogates are written as U+FFFD, NaN as null: see :mod:`forge_core.wire.jsonio`)."""
+    return jsonio.dumps(value, compact=True)
 
 
 def _image_part(block: ImageBlock) -> dict[str, Any] | None:
@@ -555,160 +556,6 @@ def to_openai_request(req: CountTokensRequest) -> dict[str, Any]:
     return body
 
 
-# --- OpenAI body -> Anthropic request (for an Anthropic backend) -------------------------------
-
-
-def _parts_to_blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        if kind == "text" and part.get("text"):
-            blocks.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url":
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if isinstance(url, str):
-                blocks.append({"type": "image", "source": _image_source(url)})
-    return blocks
-
-
-def _image_source(url: str) -> dict[str, Any]:
-    if url.startswith("data:") and ";base64," in url:
-        media_type, data = url[5:].split(";base64,", 1)
-        return {"type": "base64", "media_type": media_type, "data": data}
-    return {"type": "url", "url": url}
-
-
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    """Arguments text as an Anthropic ``input`` object.
-
-    Text that is not a JSON object (a broken call being retried) is kept under
-    ``_unparsed_arguments`` so the model still sees what it wrote.
-    """
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        parsed = None
-    return parsed if isinstance(parsed, dict) else {"_unparsed_arguments": arguments}
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return BLOCK_SEPARATOR.join(b["text"] for b in _parts_to_blocks(content) if b["type"] == "text")
-
-
-def from_openai_request(body: dict[str, Any], *, default_max_tokens: int = 4096) -> dict[str, Any]:
-    """Translate an OpenAI chat-completions body into an Anthropic Messages body.
-
-    System and developer messages become ``system``; tool messages become ``tool_result``
-    blocks at the start of the following user turn; consecutive same-role messages merge (the
-    Messages API wants one user turn after each tool-using assistant turn). ``max_tokens`` is
-    required by Anthropic, so ``default_max_tokens`` fills in when the body has none.
-    """
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": list(blocks)})
-
-    for message in body.get("messages") or ():
-        role = message.get("role")
-        content = message.get("content")
-        if role in ("system", "developer"):
-            if text := _text_of(content):
-                system.append(text)
-        elif role == "user":
-            add("user", _parts_to_blocks(content))
-        elif role == "assistant":
-            blocks = _parts_to_blocks(content)
-            for call in message.get("tool_calls") or ():
-                function = call.get("function") or {}
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.get("id") or new_id("toolu_"),
-                        "name": function.get("name", ""),
-                        "input": _tool_input(function.get("arguments")),
-                    }
-                )
-            add("assistant", blocks)
-        elif role in ("tool", "function"):
-            result = {
-                "type": "tool_result",
-                "tool_use_id": message.get("tool_call_id", ""),
-                "content": _text_of(content),
-            }
-            add("user", [result])
-
-    out: dict[str, Any] = {"model": body.get("model", "")}
-    if system:
-        out["system"] = BLOCK_SEPARATOR.join(system)
-    out["messages"] = turns
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-    out["max_tokens"] = int(max_tokens) if max_tokens else default_max_tokens
-    stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    for name in ("temperature", "top_p", "top_k"):
-        if body.get(name) is not None:
-            out[name] = body[name]
-    if body.get("user"):
-        out["metadata"] = {"user_id": body["user"]}
-    tools = _anthropic_tools(body.get("tools"))
-    if tools:
-        out["tools"] = tools
-        choice = _anthropic_tool_choice(body.get("tool_choice"))
-        if body.get("parallel_tool_calls") is False:
-            choice = choice or {"type": "auto"}
-            choice["disable_parallel_tool_use"] = True
-        if choice:
-            out["tool_choice"] = choice
-    if body.get("stream"):
-        out["stream"] = True
-    return out
-
-
-def _anthropic_tools(tools: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for tool in tools or ():
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not function.get("name"):
-            continue
-        entry: dict[str, Any] = {"name": function["name"]}
-        if function.get("description"):
-            entry["description"] = function["description"]
-        entry["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
-        out.append(entry)
-    return out
-
-
-def _anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
-    if isinstance(choice, str):
-        mapped = {"auto": "auto", "required": "any", "none": "none"}.get(choice)
-        return {"type": mapped} if mapped else None
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        if name:
-            return {"type": "tool", "name": name}
-    return None
-
-
 # --- response ------------------------------------------------------------------------------------
 
 _STOP_REASONS = {
@@ -765,22 +612,33 @@ def tool_input_json(call: ToolCall) -> tuple[str, dict[str, Any]]:
     if not text:
         return "{}", {}
     try:
-        parsed = json.loads(text)
+        parsed = jsonio.loads(text)  # strict: NaN or nesting past the limit is no object
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
         raise BackendProtocolError(
             "model", f"produced arguments for tool '{call.name}' that are not a JSON object"
         )
-    return text, parsed
+    return jsonio.clean_json_text(text), parsed
 
 
-def _usage_body(usage: Usage | None, input_tokens: int = 0) -> dict[str, int]:
+def _usage_body(
+    usage: Usage | None, input_tokens: int = 0, output_estimate: int = 0
+) -> dict[str, int | None]:
+    """Anthropic usage from the backend's counts, or from estimates when it reported none.
+
+    Anthropic counts cache reads apart: ``input_tokens`` is the prompt minus what the backend
+    took from its prefix cache (``cache_read_input_tokens``). A cache figure the backend did
+    not report is null, never a made-up 0; local backends do not report cache writes, so
+    ``cache_creation_input_tokens`` is null.
+    """
+    cached = usage.cached_tokens if usage is not None else None
+    prompt = usage.prompt_tokens if usage and usage.prompt_tokens else input_tokens
     return {
-        "input_tokens": usage.prompt_tokens if usage and usage.prompt_tokens else input_tokens,
-        "output_tokens": usage.completion_tokens if usage else 0,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "input_tokens": prompt - cached if cached is not None else prompt,
+        "output_tokens": usage.completion_tokens if usage else output_estimate,
+        "cache_creation_input_tokens": None,
+        "cache_read_input_tokens": cached,
     }
 
 
@@ -820,8 +678,13 @@ def to_anthropic_message(
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": matched_stop if stop_reason == "stop_sequence" else None,
-        "usage": _usage_body(turn.usage, input_tokens),
+        "usage": _usage_body(turn.usage, input_tokens, _turn_output_estimate(turn)),
     }
+
+
+def _turn_output_estimate(turn: AssistantTurn) -> int:
+    chars = len(turn.content) + sum(len(c.name) + len(c.arguments) for c in turn.tool_calls)
+    return _estimate_output_tokens(chars)
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -972,32 +835,6 @@ class AnthropicStreamEmitter:
         self._phase = _Phase.DONE
         return error_event(exc)
 
-    async def aiter_bytes(self, events: AsyncIterable[StreamEvent]) -> AsyncIterator[bytes]:
-        """Drive the emitter over an event source; a ForgeError mid-stream becomes an error event.
-
-        Any other exception is logged and reported as an api_error (the 200 is already sent), and
-        so is a source that ends without Finished. When the consumer stops early (the client
-        went away), the source is closed at once so the backend request is cancelled with it.
-        """
-        yield self.start()
-        try:
-            async for event in events:
-                chunk = self.feed(event)
-                if chunk:
-                    yield chunk
-            if not self.done:
-                logger.error("stream events ended without Finished")
-                yield self.error(ForgeError("The answer ended unexpectedly."))
-        except ForgeError as exc:
-            yield self.error(exc)
-        except Exception:
-            logger.exception("stream failed")
-            yield self.error(ForgeError("Internal error while streaming the answer."))
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
     # -- internals --
 
     def _close_open_block(self) -> bytes:
@@ -1054,9 +891,12 @@ class AnthropicStreamEmitter:
         stop_reason = anthropic_stop_reason(
             event.finish_reason, has_tool_calls=self._saw_tool, matched_stop=matched_stop
         )
-        usage: dict[str, int] = {}
+        usage: dict[str, int | None] = {}
         if event.usage is not None and event.usage.prompt_tokens:
-            usage["input_tokens"] = event.usage.prompt_tokens
+            full = _usage_body(event.usage)
+            usage["input_tokens"] = full["input_tokens"]
+            if event.usage.cached_tokens is not None:
+                usage["cache_read_input_tokens"] = event.usage.cached_tokens
         usage["output_tokens"] = (
             event.usage.completion_tokens
             if event.usage is not None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from forge_core.errors import ForgeError, InvalidRequest
 from forge_core.turns import (
@@ -22,6 +21,7 @@ from forge_core.turns import (
     new_id,
 )
 from forge_core.wire import sse
+from forge_core.wire.jsonio import clean_json_text, dumps
 
 
 class ChatMessage(BaseModel):
@@ -33,6 +33,30 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_have_text(
+        cls, content: str | list[dict[str, Any]] | None
+    ) -> str | list[dict[str, Any]] | None:
+        # A text part without string text would reach the backend (and the budget check)
+        # as garbage; OpenAI rejects it too.
+        for index, part in enumerate(content if isinstance(content, list) else ()):
+            if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"part {index} is of type 'text' but its 'text' is not a string")
+        return content
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_name_a_function(
+        cls, calls: list[dict[str, Any]] | None
+    ) -> list[dict[str, Any]] | None:
+        # Every translator (Ollama, Anthropic, prompt tools) reads function.name.
+        for index, call in enumerate(calls or ()):
+            function = call.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError(f"call {index} needs a 'function' object with a string 'name'")
+        return calls
 
 
 class FunctionDef(BaseModel):
@@ -56,17 +80,36 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+
+class ToolChoiceObject(BaseModel):
+    """``{"type": "function", "function": {"name": ...}}``; other kinds are passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "function"
+    function: FunctionName | None = None
+
+
 class ChatRequest(BaseModel):
-    """The fields forge reads. Everything else stays in the raw body and is passed through."""
+    """The fields forge reads or a backend translation converts (so a wrong type is the
+    client's 400 here, not a crash there). Everything else stays in the raw body."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[ToolDef] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | ToolChoiceObject | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -82,11 +125,20 @@ def parse_chat_request(body: Any) -> ChatRequest:
 def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
     """A one-line message and the dotted field path of pydantic's first error."""
     err = exc.errors()[0]
-    path = ".".join(str(p) for p in err.get("loc", ()))
+    path = ".".join(str(p) for p in err.get("loc", ()) if not _union_branch(p))
     kind = err.get("type", "")
     if kind == "missing":
         return f"Missing required field '{path}'.", path or None
-    return f"Invalid field '{path}': {err.get('msg', 'invalid value')}.", path or None
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"Invalid field '{path}': {message}.", path or None
+
+
+def _union_branch(part: int | str) -> bool:
+    """pydantic's label for a branch of ``str | list[str]`` (``str``, ``list[str]``, a model's
+    class name), which is no field of the request."""
+    if not isinstance(part, str):
+        return False
+    return part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper()
 
 
 def error_body(exc: ForgeError) -> dict[str, Any]:
@@ -101,6 +153,10 @@ def error_body(exc: ForgeError) -> dict[str, Any]:
 
 
 def completion_body(turn: AssistantTurn, model: str, completion_id: str) -> dict[str, Any]:
+    message = turn.as_openai_message()
+    for call in message.get("tool_calls") or ():
+        function = call["function"]
+        function["arguments"] = clean_json_text(function["arguments"])
     body: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
@@ -109,7 +165,7 @@ def completion_body(turn: AssistantTurn, model: str, completion_id: str) -> dict
         "choices": [
             {
                 "index": 0,
-                "message": turn.as_openai_message(),
+                "message": message,
                 "finish_reason": turn.finish_reason,
                 "logprobs": None,
             }
@@ -128,7 +184,7 @@ class ChunkWriter:
     def __init__(self, model: str, completion_id: str) -> None:
         created = int(time.time())
         # Every chunk shares the same envelope; splice the choice in rather than rebuilding it.
-        head = json.dumps(
+        head = dumps(
             {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -141,7 +197,7 @@ class ChunkWriter:
 
     def _choice(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return self._prefix + json.dumps(choice) + self._suffix
+        return self._prefix + dumps(choice) + self._suffix
 
     def role(self) -> str:
         return self._choice({"role": "assistant", "content": ""})
@@ -160,14 +216,14 @@ class ChunkWriter:
             "type": "function",
             "function": {"name": call.name, "arguments": ""},
         }
-        args = {"index": index, "function": {"arguments": call.arguments}}
+        args = {"index": index, "function": {"arguments": clean_json_text(call.arguments)}}
         return [self._choice({"tool_calls": [head]}), self._choice({"tool_calls": [args]})]
 
     def finish(self, finish_reason: str) -> str:
         return self._choice({}, finish_reason)
 
     def usage(self, usage: Usage) -> str:
-        return self._prefix + "]" + ', "usage": ' + json.dumps(usage.as_openai()) + "}"
+        return self._prefix + "]" + ', "usage": ' + dumps(usage.as_openai()) + "}"
 
 
 def new_completion_id() -> str:
@@ -196,11 +252,12 @@ class OpenAIStreamEmitter:
                 return sse.KEEPALIVE
             case Finished(finish_reason=reason, usage=usage):
                 out = sse.data_line(self._chunks.finish(reason))
-                if self._include_usage:
-                    out += sse.data_line(self._chunks.usage(usage or Usage()))
+                # A backend that reported no usage gets no usage chunk: zeros would read as exact.
+                if self._include_usage and usage is not None:
+                    out += sse.data_line(self._chunks.usage(usage))
                 return out + sse.DONE
         raise TypeError(f"unknown event {event!r}")  # pragma: no cover
 
     def error(self, exc: ForgeError) -> bytes:
         """An error after the 200 was sent: an in-stream error object, then [DONE]."""
-        return sse.data_line(json.dumps(error_body(exc))) + sse.DONE
+        return sse.data_line(dumps(error_body(exc))) + sse.DONE

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
+
+from forge_core.wire.jsonio import dumps
 
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
@@ -25,7 +26,7 @@ def data_line(payload: str) -> bytes:
 
 def event(name: str, payload: dict[str, Any]) -> bytes:
     """One named event (Anthropic style): ``event:`` line, ``data:`` line, blank line."""
-    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+    return f"event: {name}\ndata: {dumps(payload)}\n\n".encode()
 
 
 MAX_BATCH = 64 * 1024

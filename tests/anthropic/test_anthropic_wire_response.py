@@ -35,10 +35,26 @@ def test_text_answer_shape() -> None:
         "usage": {
             "input_tokens": 12,
             "output_tokens": 3,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            # The backend reported no cache figures: null, not a made-up 0.
+            "cache_creation_input_tokens": None,
+            "cache_read_input_tokens": None,
         },
     }
+
+
+def test_cached_prompt_tokens_are_reported_apart_from_input_tokens() -> None:
+    # Anthropic counts cache reads apart: input_tokens is the part the backend processed.
+    turn = AssistantTurn(content="Hi", usage=Usage(1200, 3, cached_tokens=1100))
+    usage = to_anthropic_message(turn, "qwen3", "msg_fixed")["usage"]
+    assert usage["input_tokens"] == 100 and usage["cache_read_input_tokens"] == 1100
+    assert usage["output_tokens"] == 3
+
+
+def test_without_any_usage_output_tokens_are_estimated_not_zero() -> None:
+    turn = AssistantTurn(content="x" * 40)
+    usage = to_anthropic_message(turn, "qwen3", "msg_fixed", input_tokens=7)["usage"]
+    assert usage["input_tokens"] == 7 and usage["output_tokens"] == 10
+    assert usage["cache_read_input_tokens"] is None
 
 
 def test_fresh_message_id_when_none_given() -> None:
@@ -120,7 +136,7 @@ def test_reasoning_only_when_thinking_was_enabled() -> None:
 def test_missing_usage_reports_the_estimate() -> None:
     body = to_anthropic_message(AssistantTurn(content="x"), "m", input_tokens=77)
     assert body["usage"]["input_tokens"] == 77
-    assert body["usage"]["output_tokens"] == 0
+    assert body["usage"]["output_tokens"] == 1  # estimated from the text, not a fake 0
 
 
 def test_empty_answer_has_empty_content() -> None:

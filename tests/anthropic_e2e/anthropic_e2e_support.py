@@ -70,14 +70,18 @@ def state_for(
     guardrails: GuardrailSettings | None = None,
     spec: BackendSpec | None = None,
     llamafile: bool = False,
+    llamafile_options: dict[str, Any] | None = None,
     **config: Any,
 ) -> AppState:
     """forge's real engine in front of the OpenAI-wire server at ``backend_url``.
 
     The client is the generic OpenAI-wire one, or with ``llamafile`` the llamafile plugin's
-    (external mode), which constrains retries with a JSON schema.
+    (external mode), which constrains retries with a GBNF grammar (``llamafile_options``: the
+    plugin's options, e.g. ``{"constrain_with": "schema"}``).
     """
-    settings = BackendSettings(backend_url=backend_url, model=None, timeout=timeout)
+    settings = BackendSettings(
+        backend_url=backend_url, model=None, timeout=timeout, options=llamafile_options or {}
+    )
     client: BackendClient
     if llamafile:
         from forge_llamafile.client import LlamafileClient

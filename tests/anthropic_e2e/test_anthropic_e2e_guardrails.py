@@ -174,8 +174,9 @@ def test_respond_tool_answers_become_text(stream: bool) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_constrained_retry_with_the_llamafile_client(stream: bool) -> None:
-    # The llamafile plugin constrains a retry with a JSON schema (tools removed, since
-    # llama-server refuses a grammar next to tools); the JSON answer becomes a tool_use.
+    # The llamafile plugin constrains a retry with a GBNF grammar for the tool (tools removed,
+    # since llama-server refuses a grammar next to tools, and described in the system message
+    # instead); the JSON answer becomes a tool_use.
     with run_forge(llamafile=True) as forge:
         forge.backend.push(
             reply_text("The weather is nice."),
@@ -187,7 +188,31 @@ def test_constrained_retry_with_the_llamafile_client(stream: bool) -> None:
         ]
         retry = forge.backend.requests[1]
         assert "tools" not in retry and "tool_choice" not in retry
+        assert "response_format" not in retry
+        grammar = retry["grammar"]
+        assert grammar.startswith("root ::= call-get-weather")
+        assert '{\\"name\\":\\"get_weather\\",\\"arguments\\":' in grammar
+        assert '"\\"city\\":" string' in grammar  # the required argument, as a string
+        system = retry["messages"][0]
+        assert system["role"] == "system" and "get_weather" in system["content"]
+        assert "city (string, required)" in system["content"]
+        assert forge.backend.requests[0]["model"] == MODEL
+
+
+def test_constrained_retry_with_constrain_with_schema() -> None:
+    # --constrain-with schema: the retry carries the tool as a JSON schema instead.
+    with run_forge(llamafile=True, llamafile_options={"constrain_with": "schema"}) as forge:
+        forge.backend.push(
+            reply_text("The weather is nice."),
+            reply_text('{"name": "get_weather", "arguments": {"city": "Lyon"}}'),
+        )
+        message = final(forge, False, **ask(tools=[WEATHER], tool_choice={"type": "any"}))
+        assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
+            ("tool_use", {"city": "Lyon"})
+        ]
+        retry = forge.backend.requests[1]
+        assert "tools" not in retry and "grammar" not in retry
         assert retry["response_format"]["type"] == "json_schema"
         schema = retry["response_format"]["json_schema"]["schema"]
+        assert schema["properties"]["name"] == {"const": "get_weather"}
         assert schema["properties"]["arguments"] == WEATHER["input_schema"]
-        assert forge.backend.requests[0]["model"] == MODEL

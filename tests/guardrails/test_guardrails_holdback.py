@@ -34,7 +34,7 @@ def chars(text: str) -> list[str]:
     [
         "Hello there, how are you?",
         "A set {1,2} and a list [1, 2] in the middle of a line.",
-        "Python dicts look like {'a': 1}; JSON like {\"a\": 1}.",
+        "Python dicts look like {'a': 1}; sets like {1, 2}.",
         "Use `ls -la` to list files.\nThen done.",
         "Multi\nline\ntext with <b>html</b> and a < b > c.",
         "Arrays: x[0] = y[1];",
@@ -48,13 +48,31 @@ def test_prose_is_never_delayed(prose: str) -> None:
         assert not holdback.holding
 
 
-def test_brace_mid_line_streams_but_at_line_start_holds() -> None:
+def test_brace_holds_only_when_a_quote_follows_even_mid_line() -> None:
     holdback = HoldBack(MARKERS)
-    assert holdback.feed("value {") == "value {"
-    assert holdback.feed('"a"') == '"a"'
-    assert holdback.feed("\n  ") == "\n  "
-    assert holdback.feed("{") == ""
-    assert holdback.holding and holdback.held == "{"
+    assert holdback.feed("value {") == "value "  # the next character decides
+    assert holdback.feed("1}") == "{1}"
+    assert holdback.feed(" and {") == " and "
+    assert holdback.feed('"a"') == ""
+    assert holdback.holding and holdback.held == '{"a"'
+
+
+def test_mid_line_json_that_is_not_a_call_is_released_once_closed() -> None:
+    text = 'JSON like {"a": 1}. Done.'
+    holdback = HoldBack(MARKERS)
+    emitted = ""
+    for word in text.split(" "):
+        emitted += holdback.feed(word + " ") + holdback.release_if_resolved(NAMES)
+    assert emitted == text + " " and not holdback.holding
+
+
+@pytest.mark.parametrize(
+    "call", [CALL_JSON, f"[{CALL_JSON}]", '{\n  "name": "search",\n  "arguments": {}\n}']
+)
+def test_mid_line_json_call_is_held_for_rescue(call: str) -> None:
+    emitted, held = run(chars(f"Sure: {call} ok"))
+    assert emitted == "Sure: "
+    assert held == f"{call} ok"
 
 
 def test_brace_at_response_start_holds() -> None:

@@ -8,7 +8,7 @@ import pluggy
 import pytest
 from guardrail_tools import NAMES
 
-from forge_core import hookspecs
+from forge_core import __version__, hookspecs
 from forge_core.guardrails import builtin
 from forge_core.guardrails.records import RescuedCall, RescueParser
 from forge_core.guardrails.rescue import (
@@ -34,6 +34,7 @@ def test_builtin_parsers_declare_the_documented_markers_in_order() -> None:
         "[TOOL_CALLS]",
         "<function=",
         "<|python_tag|>",
+        "<|tool_call>",
     }
 
 
@@ -42,7 +43,9 @@ def test_builtin_module_registers_every_parser_through_the_hook() -> None:
     manager.add_hookspecs(hookspecs)
     manager.register(builtin)
     registered: list[RescueParser] = []
-    manager.hook.forge_register_rescue_parsers(register=registered.append)
+    manager.hook.forge_register_rescue_parsers(
+        register=registered.append, forge_version=__version__
+    )
     assert registered == list(BUILTIN_PARSERS)
 
 

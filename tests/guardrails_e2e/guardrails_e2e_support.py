@@ -36,9 +36,12 @@ TOOLS = [WEATHER_TOOL, SEARCH_TOOL]
 
 
 def llamafile_state(
-    backend: ScriptedBackend, guardrails: GuardrailSettings | None = None
+    backend: ScriptedBackend,
+    guardrails: GuardrailSettings | None = None,
+    options: dict[str, Any] | None = None,
 ) -> AppState:
-    """forge with the real llamafile plugin client (constrained decoding) in front of a fake."""
+    """forge with the real llamafile plugin client (constrained decoding) in front of a fake;
+    ``options`` are the plugin's (``{"constrain_with": "schema"}``)."""
     from forge_llamafile.plugin import forge_register_backends
 
     specs: list[Any] = []
@@ -46,7 +49,9 @@ def llamafile_state(
     spec = specs[0]
     from forge_llamafile.client import LlamafileClient
 
-    settings = BackendSettings(backend_url="http://backend.test", model="fake-model", timeout=30)
+    settings = BackendSettings(
+        backend_url="http://backend.test", model="fake-model", timeout=30, options=options or {}
+    )
     client = LlamafileClient(settings, transport=httpx.ASGITransport(app=backend.app))
     config = ServeConfig(
         backend=settings, plugin="llamafile", guardrails=guardrails or GuardrailSettings()

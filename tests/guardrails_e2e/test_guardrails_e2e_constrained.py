@@ -23,10 +23,16 @@ URL = "/v1/chat/completions"
 CONSTRAINED_ANSWER = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 
 
+SCHEMA = {"constrain_with": "schema"}
+
+
 async def post(
-    backend: ScriptedBackend, body: dict[str, Any], guardrails: GuardrailSettings | None = None
+    backend: ScriptedBackend,
+    body: dict[str, Any],
+    guardrails: GuardrailSettings | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Any:
-    state = llamafile_state(backend, guardrails)
+    state = llamafile_state(backend, guardrails, options)
     async with forge_client(backend, state=state) as http:
         return await http.post(URL, json=body)
 
@@ -39,16 +45,17 @@ def schema_of(request: dict[str, Any]) -> dict[str, Any]:
 
 async def test_retry_is_constrained_and_its_json_answer_becomes_a_call() -> None:
     backend = ScriptedBackend().push(reply_text("It is sunny."), reply_text(CONSTRAINED_ANSWER))
-    r = await post(backend, chat(tools=[WEATHER_TOOL], tool_choice="required"))
+    r = await post(backend, chat(tools=[WEATHER_TOOL], tool_choice="required"), options=SCHEMA)
     assert r.status_code == 200
     first, retry = backend.requests
     assert "response_format" not in first and first["tools"] == [WEATHER_TOOL]
-    # llama-server refuses a grammar together with tools: the schema carries the tool.
+    # --constrain-with schema: the schema carries the tool, the tools leave the request.
     assert "tools" not in retry and "tool_choice" not in retry
     schema = schema_of(retry)
     assert schema["properties"]["name"] == {"const": "get_weather"}
     assert schema["properties"]["arguments"] == WEATHER_TOOL["function"]["parameters"]
-    assert "a tool call is required" in retry["messages"][-1]["content"]
+    # A clean context: the client's conversation as it was, the failed prose left out.
+    assert retry["messages"] == first["messages"]
     message = r.json()["choices"][0]["message"]
     assert message["content"] is None
     [call] = message_calls(message)
@@ -61,7 +68,7 @@ async def test_constrained_retry_targets_the_tool_the_failed_call_meant() -> Non
         reply_tool_call("search", {"query": ""}),
         reply_text('{"name": "search", "arguments": {"query": "forge"}}'),
     )
-    r = await post(backend, chat(tools=TOOLS))
+    r = await post(backend, chat(tools=TOOLS), options=SCHEMA)
     assert schema_of(backend.requests[1])["properties"]["name"] == {"const": "search"}
     assert message_calls(r.json()["choices"][0]["message"])[0]["name"] == "search"
 
@@ -70,7 +77,7 @@ async def test_constrained_retry_for_an_unknown_tool_offers_every_tool() -> None
     backend = ScriptedBackend().push(
         reply_tool_call("lookup", {"q": 1}), reply_text(CONSTRAINED_ANSWER)
     )
-    await post(backend, chat(tools=TOOLS))
+    await post(backend, chat(tools=TOOLS), options=SCHEMA)
     variants = schema_of(backend.requests[1])["anyOf"]
     assert [v["properties"]["name"]["const"] for v in variants] == ["get_weather", "search"]
 
@@ -106,7 +113,7 @@ async def test_constrained_retry_streamed_gives_one_canonical_call() -> None:
     assert out.content == "" and out.finish_reasons == ["tool_calls"]
     assert [c["name"] for c in out.tool_calls] == ["get_weather"]
     assert json.loads(out.tool_calls[0]["arguments"]) == {"city": "Paris"}
-    assert "response_format" in backend.requests[1] and backend.requests[1]["stream"] is True
+    assert "grammar" in backend.requests[1] and backend.requests[1]["stream"] is True
 
 
 # --- the respond tool -----------------------------------------------------------------------------

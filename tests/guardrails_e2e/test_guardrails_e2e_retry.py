@@ -115,9 +115,10 @@ async def test_missing_required_argument_is_named() -> None:
 
 
 async def test_malformed_argument_json_is_retried_not_a_502() -> None:
-    """The uniform error principle: broken argument JSON is the model's mistake."""
+    """The uniform error principle: broken argument JSON is the model's mistake (a string
+    left open cannot be repaired without guessing its end, so it is retried)."""
     backend = ScriptedBackend().push(
-        reply_tool_call("get_weather", '{"city": "Paris"'), reply_tool_call("get_weather", PARIS)
+        reply_tool_call("get_weather", '{"city": "Par'), reply_tool_call("get_weather", PARIS)
     )
     status, data, header = await ask(backend, chat(tools=TOOLS))
     assert status == 200
@@ -385,12 +386,16 @@ async def test_no_rescue_switch_leaves_printed_calls_as_text() -> None:
     assert message_of(data)["content"] == text
 
 
-async def test_request_without_tools_is_not_judged() -> None:
-    backend = ScriptedBackend().push(reply_tool_call("anything", "{broken"))
+async def test_request_without_tools_never_gets_a_call() -> None:
+    """Issue 15 item 13: a call the request did not offer is an unknown tool, retried."""
+    backend = ScriptedBackend().push(
+        reply_tool_call("anything", "{broken"), reply_text("Plain answer.")
+    )
     status, data, header = await ask(backend, chat())
-    assert status == 200 and len(backend.requests) == 1
-    assert message_calls(message_of(data))[0]["arguments"] == "{broken"
-    assert header == ""
+    assert status == 200 and len(backend.requests) == 2
+    assert not message_calls(message_of(data))
+    assert message_of(data)["content"] == "Plain answer."
+    assert header == "retry:unknown_tool"
 
 
 async def test_single_tool_schema_error_with_search_only() -> None:

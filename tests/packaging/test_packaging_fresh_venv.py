@@ -97,7 +97,7 @@ def test_plugin_alone_in_fresh_venv(plugin: str, tmp_path: Path, fake_url: str) 
     listed = subprocess.run([str(forge), "plugins"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[0] for line in listed.stdout.splitlines()
-             if line and not line.startswith((" ", "rescue", "request"))]
+             if line and not line.startswith((" ", "rescue", "request", "hooks"))]
     assert names == [plugin]
 
     other = "vllm" if plugin != "vllm" else "ollama"

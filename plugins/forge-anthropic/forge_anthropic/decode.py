@@ -7,12 +7,11 @@ protocol error (502), never text for the guardrails to rescue.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from forge_core.errors import BackendHTTPError, BackendProtocolError
 from forge_core.turns import AssistantTurn, BackendChunk, ToolCall, ToolCallFragment, Usage
-from forge_core.wire.anthropic import compact_json
+from forge_core.wire.jsonio import backend_dumps, backend_json
 
 BACKEND = "anthropic"
 
@@ -57,6 +56,12 @@ def prompt_tokens_from(usage: dict[str, Any]) -> int:
     )
 
 
+def cache_read_from(usage: dict[str, Any]) -> int | None:
+    """``cache_read_input_tokens`` (the prompt part read from Anthropic's cache); None if absent."""
+    value = usage.get("cache_read_input_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _protocol(reason: str) -> BackendProtocolError:
     return BackendProtocolError(BACKEND, reason)
 
@@ -68,7 +73,11 @@ def _tool_call(block: dict[str, Any]) -> ToolCall:
     if not isinstance(arguments, dict):
         kind = type(arguments).__name__
         raise _protocol(f"sent tool_use input of type {kind} for tool '{name}', not an object")
-    return ToolCall(id=call_id, name=name, arguments=compact_json(arguments))
+    return ToolCall(id=call_id, name=name, arguments=_arguments_json(arguments))
+
+
+def _arguments_json(value: dict[str, Any]) -> str:
+    return backend_dumps(BACKEND, value, "tool_use input")
 
 
 def turn_from_message(data: Any) -> AssistantTurn:
@@ -101,7 +110,9 @@ def turn_from_message(data: Any) -> AssistantTurn:
         content="".join(texts),
         tool_calls=calls,
         finish_reason=finish_reason_from(data.get("stop_reason")),
-        usage=Usage(prompt_tokens_from(usage), _int(usage.get("output_tokens"))),
+        usage=Usage(
+            prompt_tokens_from(usage), _int(usage.get("output_tokens")), cache_read_from(usage)
+        ),
         reasoning="".join(reasoning),
         stop_sequence=stop_sequence_from(data.get("stop_sequence")),
     )
@@ -136,16 +147,14 @@ class StreamDecoder:
     def __init__(self) -> None:
         self.finished = False
         self._prompt_tokens = 0
+        self._cache_read: int | None = None
         self._tool_index: dict[int, int] = {}
         self._start_input: dict[int, dict[str, Any]] = {}
         self._has_arguments: set[int] = set()
 
     def feed(self, name: str, data: str) -> list[BackendChunk]:
         """The chunks for one SSE event (``name`` is the ``event:`` field, ``data`` its JSON)."""
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise _protocol(f"sent a {name!r} stream event that is not JSON") from None
+        event = backend_json(BACKEND, data, f"sent a {name[:40]!r} stream event")
         if not isinstance(event, dict):
             raise _protocol(f"sent a {name!r} stream event that is not an object")
         kind = event.get("type", name)
@@ -164,6 +173,7 @@ class StreamDecoder:
             raise _protocol("sent message_start without a message")
         usage = message.get("usage")
         self._prompt_tokens = prompt_tokens_from(usage) if isinstance(usage, dict) else 0
+        self._cache_read = cache_read_from(usage) if isinstance(usage, dict) else None
         return []
 
     def _on_content_block_start(self, event: dict[str, Any]) -> list[BackendChunk]:
@@ -195,10 +205,14 @@ class StreamDecoder:
         if not isinstance(delta, dict):
             raise _protocol("sent content_block_delta without a delta")
         kind = delta.get("type")
-        if kind == "text_delta" and isinstance(delta.get("text"), str):
-            return [BackendChunk(text=delta["text"])] if delta["text"] else []
-        if kind == "thinking_delta" and isinstance(delta.get("thinking"), str):
-            return [BackendChunk(reasoning=delta["thinking"])] if delta["thinking"] else []
+        if kind in ("text_delta", "thinking_delta"):
+            field = "text" if kind == "text_delta" else "thinking"
+            piece = delta.get(field)
+            if not isinstance(piece, str):
+                raise _protocol(f"sent a {kind} whose {field} is not a string")
+            if not piece:
+                return []
+            return [BackendChunk(text=piece) if field == "text" else BackendChunk(reasoning=piece)]
         if kind == "input_json_delta" and index in self._tool_index:
             partial = delta.get("partial_json")
             if not isinstance(partial, str):
@@ -215,7 +229,7 @@ class StreamDecoder:
         if index not in self._tool_index or index in self._has_arguments:
             return []
         self._has_arguments.add(index)
-        arguments = compact_json(self._start_input.get(index) or {})
+        arguments = _arguments_json(self._start_input.get(index) or {})
         fragment = ToolCallFragment(self._tool_index[index], arguments=arguments)
         return [BackendChunk(tool_calls=[fragment])]
 
@@ -226,10 +240,15 @@ class StreamDecoder:
         usage = usage if isinstance(usage, dict) else {}
         # message_delta usage is cumulative; input counts appear there only sometimes.
         prompt = prompt_tokens_from(usage) or self._prompt_tokens
+        cached = cache_read_from(usage)
         return [
             BackendChunk(
                 finish_reason=finish_reason_from(delta.get("stop_reason")),
-                usage=Usage(prompt, _int(usage.get("output_tokens"))),
+                usage=Usage(
+                    prompt,
+                    _int(usage.get("output_tokens")),
+                    cached if cached is not None else self._cache_read,
+                ),
                 stop_sequence=stop_sequence_from(delta.get("stop_sequence")),
             )
         ]

@@ -12,11 +12,14 @@ import httpx
 
 from forge_core import budget
 from forge_core.backend import BackendRequest, BackendSettings, BackendStatus, ModelIdentity
-from forge_core.errors import BackendError, PluginError
+from forge_core.errors import BackendError, BackendHTTPError, PluginError
+from forge_core.guardrails.unparsed import UnparsedOutput
 from forge_core.managed import ManagedProcess, free_port
 from forge_core.openai_client import OpenAIWireClient
 from forge_core.prompt_tools import to_prompt_body
 from forge_llamafile import launch
+from forge_llamafile.constrain import constrained_body
+from forge_llamafile.unparsed import unparsed_text
 
 log = logging.getLogger("forge.llamafile")
 
@@ -116,11 +119,13 @@ class LlamafileClient(OpenAIWireClient):
         template = Path(template_opt) if template_opt else None
         if not settings.model:
             raise PluginError(
-                "managed mode needs --model PATH.gguf (or --model demo); "
-                "or pass --backend-url for a running server"
+                "managed mode needs --model PATH.gguf (or an alias: "
+                f"{', '.join(launch.MODEL_ALIASES)}); or pass --backend-url for a running server"
             )
-        if settings.model == "demo":
-            return launch.demo_model_path(), template or launch.bundled_template(), DEMO_ALIAS
+        alias = launch.MODEL_ALIASES.get(settings.model)
+        if alias is not None:
+            bundled = launch.bundled_template(alias.template)
+            return alias.path(), template or bundled, alias.served_name
         path = Path(settings.model).expanduser()
         if not path.is_file():
             raise PluginError(f"--model {settings.model}: no such GGUF file")
@@ -198,33 +203,21 @@ class LlamafileClient(OpenAIWireClient):
         body = super().prepare_body(request, stream=stream)
         return to_prompt_body(body) if self.tools_in_prompt else body
 
+    def http_error(self, status: int, text: str) -> BackendHTTPError:
+        """A failed parse of the model's output is handed to the guardrails with its text."""
+        error = super().http_error(status, text)
+        raw = unparsed_text(text) if status == 500 else None
+        if raw is None:
+            return error
+        return UnparsedOutput(error.backend, status, error.detail, raw)
+
     # --- guardrail support -------------------------------------------------------------------
 
     def constrain_retry(self, body: dict[str, Any], tool: dict[str, Any] | None) -> dict[str, Any]:
-        """Constrain the retry with a JSON schema: ``{"name": ..., "arguments": {...}}``.
-
-        llama-server refuses a custom grammar together with ``tools``, so the constrained retry
-        sends no tools: the schema itself carries each tool's name and parameters, and the
-        answer (a JSON object in the content) is turned into a call by the rescue parsers.
-        """
-        tools = [tool] if tool else list(body.get("tools") or [])
-        variants = [_call_schema(t) for t in tools if isinstance(t, dict) and t.get("function")]
-        if not variants:
-            return body
-        schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
-        out = {k: v for k, v in body.items() if k not in ("tools", "tool_choice")}
-        if self.tools_in_prompt:
-            # The tools stay: prepare_body renders them into the prompt (and drops them).
-            out["tools"] = body.get("tools")
-            out["tool_choice"] = (
-                {"type": "function", "function": {"name": tool["function"]["name"]}}
-                if tool else "required"
-            )
-        out["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "tool_call", "schema": schema, "strict": True},
-        }
-        return out
+        """Constrain the retry to one call, as ``--constrain-with`` says (default: a compact
+        grammar, the tools described in the system message): see :mod:`.constrain`."""
+        how = self.settings.options.get("constrain_with") or "grammar"
+        return constrained_body(body, tool, how, self.tools_in_prompt)
 
     async def count_tokens(self, body: dict[str, Any]) -> int | None:
         """Exact: render with the server's own template, then tokenize."""
@@ -247,23 +240,20 @@ class LlamafileClient(OpenAIWireClient):
         return len(found) if isinstance(found, list) else None
 
 
+_STREAMED = (b'"stream":true', b'"stream": true')  # forge writes compact JSON; either form
+
+
 async def _close_after_stream(request: httpx.Request) -> None:
     """Ask for a fresh connection per streamed completion.
 
-    llama-server sometimes closes a connection right after a streamed response although it
-    advertised keep-alive; reusing it fails the next request with "Server disconnected without
-    sending a response". A new loopback connection costs far less than that 502.
+    llama-server serves nothing more on a connection after a streamed response although it
+    advertised keep-alive (``Keep-Alive: timeout=5, max=100``): its chunked content provider
+    returns ``false`` after ``sink.done()``, which cpp-httplib takes for a cancelled write, so
+    the keep-alive loop ends. No server option changes that (checked with the bundled build);
+    reusing the connection fails the next request with "Server disconnected without sending a
+    response". A new loopback connection costs far less than that 502. Non-streamed requests
+    keep their pooled connection.
     """
-    if request.method == "POST" and b'"stream": true' in request.content:
+    if request.method == "POST" and any(s in request.content for s in _STREAMED):
         request.headers["Connection"] = "close"
 
-
-def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
-    function = tool["function"]
-    params = function.get("parameters") or {"type": "object"}
-    return {
-        "type": "object",
-        "properties": {"name": {"const": function["name"]}, "arguments": params},
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }

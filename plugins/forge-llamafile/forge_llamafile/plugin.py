@@ -8,6 +8,7 @@ from forge_core.backend import BackendSettings, BackendSpec, Capabilities
 from forge_core.budget import BUDGET_MODES
 from forge_core.hookspecs import hookimpl
 from forge_llamafile.client import LlamafileClient
+from forge_llamafile.constrain import CONSTRAIN_WITH
 
 OPTIONS = [
     click.Option(["--server-bin"], help="llama-server or llamafile binary (managed mode)."),
@@ -26,6 +27,12 @@ OPTIONS = [
         help="Seconds to wait for a managed server to become healthy.",
     ),
     click.Option(["--extra-flags"], default="", help="Extra llama-server flags (one string)."),
+    click.Option(
+        ["--constrain-with"], type=click.Choice(CONSTRAIN_WITH), default="grammar",
+        show_default=True,
+        help="How a constrained retry is constrained: a compact grammar (tools described in "
+        "the system message), the JSON schema without tools, or the JSON schema with tools.",
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ it stops, with Ollama's documented ``keep_alive: 0`` request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -30,7 +31,9 @@ from forge_core.errors import (
     InvalidRequest,
     ModelNotFound,
 )
+from forge_core.redact import display_url, register_url
 from forge_core.turns import AssistantTurn, BackendChunk
+from forge_core.wire.jsonio import backend_json, dumps_bytes, loads
 from forge_ollama.ndjson import NDJSONDecoder
 from forge_ollama.translate import (
     BACKEND,
@@ -44,6 +47,7 @@ log = logging.getLogger("forge.backends.ollama")
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 PROBE_TIMEOUT = 5.0
+_JSON = {"content-type": "application/json"}  # bodies go out through forge's safe serializer
 """Seconds allowed for discovery calls (tags, ps, show, unload): they must never stall start-up."""
 
 _LATEST = ":latest"
@@ -65,26 +69,25 @@ def _is_default_daemon(url: str | None) -> bool:
 
 
 def _display_url(url: str) -> str:
-    """The URL without user info, safe for logs and error messages."""
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(username=None, password=None)) if parsed.userinfo else url
+    """The URL without user info or query, safe for logs and error messages."""
+    return display_url(url)
 
 
 def _error_detail(response: httpx.Response) -> str:
     """Ollama's ``{"error": "..."}`` message, else a bounded excerpt; never empty."""
     try:
-        data = response.json()
+        data = loads(response.content)
     except ValueError:
         data = None
     if isinstance(data, Mapping) and isinstance(data.get("error"), str) and data["error"]:
         return str(data["error"])
-    text = response.text.strip()
-    return text[:500] if text else f"HTTP {response.status_code} with an empty body"
+    text = response.text.strip()  # scrubbed, then shortened, by BackendHTTPError
+    return text if text else f"HTTP {response.status_code} with an empty body"
 
 
 def _is_json_error(response: httpx.Response) -> bool:
     try:
-        data = response.json()
+        data = loads(response.content)
     except ValueError:
         return False
     return isinstance(data, Mapping) and "error" in data
@@ -120,6 +123,7 @@ class OllamaClient(BackendClient):
             [ollama_identity(settings.model)] if settings.model else []
         )
         self._reported_drops: set[str] = set()
+        register_url(self._base_url)  # a password in the URL is scrubbed from all output
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
@@ -169,13 +173,12 @@ class OllamaClient(BackendClient):
     async def complete(self, request: BackendRequest) -> AssistantTurn:
         payload = self._payload(request, stream=False)
         with self._transport_errors():
-            response = await self._http.post("/api/chat", json=payload)
+            response = await self._http.post(
+                "/api/chat", content=dumps_bytes(payload), headers=_JSON
+            )
         if response.status_code != 200:
             await self._raise_for_status(response, payload["model"])
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise BackendProtocolError(BACKEND, "sent a chat response that is not JSON") from exc
+        data = backend_json(BACKEND, response.content, "sent a chat response")
         return from_ollama_response(data)
 
     async def stream(self, request: BackendRequest) -> AsyncIterator[BackendChunk]:
@@ -185,7 +188,9 @@ class OllamaClient(BackendClient):
         # Leaving this block (including the consumer closing the generator) closes the
         # response, which is how Ollama learns to stop generating for a gone client.
         with self._transport_errors():
-            async with self._http.stream("POST", "/api/chat", json=payload) as response:
+            async with self._http.stream(
+                "POST", "/api/chat", content=dumps_bytes(payload), headers=_JSON
+            ) as response:
                 if response.status_code != 200:
                     await response.aread()
                     await self._raise_for_status(response, payload["model"])
@@ -336,17 +341,25 @@ class OllamaClient(BackendClient):
                 "backend with --backend-capability prompt for this model.",
                 param="tools",
             )
-        raise BackendHTTPError(BACKEND, status, detail)
+        raise BackendHTTPError(BACKEND, status, detail).with_retry(response.headers)
 
     async def _get_json(self, method: str, path: str, **kwargs: Any) -> Any:
-        with self._transport_errors():
-            response = await self._http.request(method, path, timeout=PROBE_TIMEOUT, **kwargs)
-        if response.status_code != 200:
-            raise BackendHTTPError(BACKEND, response.status_code, _error_detail(response))
         try:
-            return response.json()
-        except ValueError as exc:
-            raise BackendProtocolError(BACKEND, f"answered {path} with non-JSON") from exc
+            # In all, not per read: a trickling answer must not stall start-up or /ready.
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                with self._transport_errors():
+                    response = await self._http.request(
+                        method, path, timeout=PROBE_TIMEOUT, **kwargs
+                    )
+        except TimeoutError:
+            raise BackendTimeout(
+                BACKEND, f"did not answer {path} within {PROBE_TIMEOUT:g}s"
+            ) from None
+        if response.status_code != 200:
+            raise BackendHTTPError(
+                BACKEND, response.status_code, _error_detail(response)
+            ).with_retry(response.headers)
+        return backend_json(BACKEND, response.content, f"answered {path} with a body")
 
     async def _fetch_tags(self) -> list[str]:
         data = await self._get_json("GET", "/api/tags")

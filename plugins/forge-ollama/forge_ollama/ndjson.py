@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from forge_core.errors import BackendProtocolError
+from forge_core.wire.jsonio import JSONRejected, loads
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 """A line longer than this is treated as a broken stream rather than buffered forever."""
@@ -56,9 +56,10 @@ class NDJSONDecoder:
         if not line:
             return
         try:
-            values.append(json.loads(line))
-        except ValueError as exc:  # includes UnicodeDecodeError
+            values.append(loads(line))  # strict: NaN, 1e400, deep nesting are refused too
+        except JSONRejected as exc:
             excerpt = line[:200].decode("utf-8", errors="replace")
             raise BackendProtocolError(
-                self._backend, f"sent a stream line that is not JSON: {excerpt!r}"
-            ) from exc
+                self._backend,
+                f"sent a stream line that is not JSON ({exc.reason}): {excerpt!r}",
+            ) from None

@@ -15,7 +15,6 @@ README under ``tests/fixtures/ollama``):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ from forge_core.turns import (
     Usage,
     new_id,
 )
+from forge_core.wire.jsonio import backend_dumps, dumps, loads
 
 BACKEND = "ollama"
 
@@ -275,11 +275,11 @@ def _history_arguments(raw: Any) -> dict[str, Any]:
         return {}
     if isinstance(raw, str):
         try:
-            parsed = json.loads(raw)
+            parsed = loads(raw)  # strict: NaN or deep nesting could not be sent on
         except ValueError:
             return {RAW_ARGUMENTS_KEY: raw}
         return parsed if isinstance(parsed, dict) else {RAW_ARGUMENTS_KEY: raw}
-    return {RAW_ARGUMENTS_KEY: json.dumps(raw, ensure_ascii=False)}
+    return {RAW_ARGUMENTS_KEY: dumps(raw, compact=True)}
 
 
 def _options(body: Mapping[str, Any], num_ctx: int | None) -> dict[str, Any]:
@@ -345,7 +345,7 @@ def raise_if_error(obj: Mapping[str, Any]) -> None:
     """Raise when Ollama reports an error inside a 200 body (mid-stream ``{"error": ...}``)."""
     if "error" in obj:
         error = obj["error"]
-        detail = error if isinstance(error, str) and error else json.dumps(error)
+        detail = error if isinstance(error, str) and error else dumps(error)[:500]
         raise BackendError(BACKEND, f"reported an error: {detail}")
 
 
@@ -384,7 +384,7 @@ def canonical_arguments(value: Any, name: str) -> str:
         return _compact(value)
     if isinstance(value, str):
         try:
-            parsed = json.loads(value)
+            parsed = loads(value)
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):
@@ -399,7 +399,7 @@ def canonical_arguments(value: Any, name: str) -> str:
 
 
 def _compact(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return backend_dumps(BACKEND, value, "tool-call arguments")
 
 
 def _json_type(value: Any) -> str:

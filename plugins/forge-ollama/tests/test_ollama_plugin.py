@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from forge_ollama import plugin
 from forge_ollama.client import OllamaClient
 
-from forge_core import hookspecs
+from forge_core import __version__, hookspecs
 from forge_core.backend import BackendSettings, BackendSpec
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -23,7 +23,9 @@ def registered_specs() -> list[BackendSpec]:
     manager.register(plugin, name="ollama")
     manager.check_pending()
     specs: list[BackendSpec] = []
-    manager.hook.forge_register_backends(register=specs.append)
+    manager.hook.forge_register_backends(
+        register=specs.append, forge_version=__version__
+    )
     return specs
 
 

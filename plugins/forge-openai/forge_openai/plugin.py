@@ -68,10 +68,13 @@ class GenericOpenAIClient(OpenAIWireClient):
 
 def parse_headers(values: tuple[str, ...] | list[str]) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for value in values:
+    for number, value in enumerate(values, 1):
         name, sep, content = value.partition(":")
         if not sep or not name.strip():
-            raise PluginError(f"--backend-header {value!r}: expected 'Name: value'")
+            # Not quoted back: a mistyped header is most likely a credential.
+            raise PluginError(
+                f"--backend-header number {number} has no ':'; expected 'Name: value'"
+            )
         headers[name.strip()] = content.strip()
     return headers
 

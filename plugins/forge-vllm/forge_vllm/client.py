@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -164,12 +165,16 @@ class VllmClient(OpenAIWireClient):
             return ToolSupport(ok=None, detail="no served model known yet to probe tool calling")
         body = json.dumps(probe_body(identities[0].wire_name)).encode()
         try:
-            response = await self._http.post(
-                self.chat_path,
-                content=body,
-                headers={"Content-Type": "application/json"},
-                timeout=PROBE_TIMEOUT,
-            )
+            async with asyncio.timeout(PROBE_TIMEOUT):  # in all: a trickle must not stall start
+                response = await self._http.post(
+                    self.chat_path,
+                    content=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=PROBE_TIMEOUT,
+                )
+        except TimeoutError:
+            detail = f"tool-calling probe got no answer within {PROBE_TIMEOUT:g}s"
+            return ToolSupport(ok=None, detail=detail)
         except httpx.HTTPError as exc:
             return ToolSupport(ok=None, detail=self.transport_error(exc).message)
         self._tool_support = interpret_probe(response.status_code, response.text)
@@ -237,9 +242,10 @@ class VllmClient(OpenAIWireClient):
             if body.get(key):
                 request[key] = body[key]
         try:
-            response = await self._http.post("/tokenize", json=request, timeout=10.0)
+            async with asyncio.timeout(10.0):  # else forge estimates
+                response = await self._http.post("/tokenize", json=request, timeout=10.0)
             data = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, TimeoutError):
             return None
         count = data.get("count") if isinstance(data, dict) else None
         return count if isinstance(count, int) else None

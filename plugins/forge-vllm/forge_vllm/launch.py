@@ -109,4 +109,7 @@ def server_argv(
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser]
     if chat_template is not None:
         argv += ["--chat-template", str(chat_template)]
+    # Report usage.prompt_tokens_details.cached_tokens (prefix caching is on by default; this
+    # only makes vLLM say how much of the prompt it reused), which forge passes on.
+    argv += ["--enable-prompt-tokens-details"]
     return argv + shlex.split(extra_flags)

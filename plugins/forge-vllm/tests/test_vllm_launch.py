@@ -33,6 +33,7 @@ def test_argv_has_model_port_context_tool_flags_and_template(tmp_path: Path) -> 
         "--max-model-len", "4096",
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
         "--chat-template", str(template),
+        "--enable-prompt-tokens-details",
         "--dtype", "float32", "--enforce-eager",
     ]  # fmt: skip
 
