@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -445,6 +445,14 @@ def backend_argv(
         sys.executable, os.path.abspath(__file__), "--port", str(port), "--chunks", str(chunks),
         "--first-delay", str(first_delay), "--interval", str(interval),
     ]
+
+
+def run_and_save(run: Callable[[Any], Awaitable[dict[str, Any]]], args: Any) -> None:
+    """Run a benchmark's ``run(args)``; write its figures to ``args.json`` when one is named."""
+    out = asyncio.run(run(args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
 
 
 def main() -> None:

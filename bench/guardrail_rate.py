@@ -197,8 +197,19 @@ def matches(expected: Any, actual: Any) -> bool:
     return bool(expected == actual)
 
 
-# Call-shaped text a client would receive as the assistant's prose.
-_CALL_TEXT = re.compile(r'"(name|arguments|parameters)"\s*:|<tool_call>|<function=|\[TOOL_CALLS\]')
+# Call-shaped text a client would receive as the assistant's prose: call markup that holds a
+# call (an echoed "put calls within <tool_call></tool_call> tags" holds none), or JSON naming
+# an offered tool (code that builds a dict with a "name" key of its own is prose).
+_CALL_MARKUP = re.compile(r"<tool_call>\s*[{\[]|<function=\w|\[TOOL_CALLS\]\s*\S")
+
+
+def call_text(content: str, tool_names: list[str]) -> bool:
+    if _CALL_MARKUP.search(content):
+        return True
+    return any(
+        re.search(r'"(name|function)"\s*:\s*"' + re.escape(name) + '"', content)
+        for name in tool_names
+    )
 
 
 def calls_from_content(content: str) -> list[dict[str, Any]]:
@@ -229,7 +240,7 @@ def judge(prompt: Prompt, status: int, data: Any, one_constrained: bool = False)
             return "broken"  # the constrained JSON was cut or malformed
         content = ""
     if not calls:
-        if _CALL_TEXT.search(content):
+        if call_text(content, [t["function"]["name"] for t in prompt.tools]):
             return "broken"
         return "correct" if prompt.expect is None else "prose"
     schemas = {t["function"]["name"]: t["function"].get("parameters") for t in prompt.tools}

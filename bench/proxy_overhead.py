@@ -35,6 +35,7 @@ from benchlib import (
     machine,
     memory_kb,
     percentile,
+    run_and_save,
     spawn,
     sse_events,
     stop,
@@ -522,10 +523,7 @@ def main() -> None:
     if args.role:
         serve_role(args)
         return
-    out = asyncio.run(run(args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    run_and_save(run, args)
 
 
 if __name__ == "__main__":

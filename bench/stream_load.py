@@ -36,6 +36,7 @@ from benchlib import (
     machine,
     memory_kb,
     percentile,
+    run_and_save,
     spawn,
     stop,
     wait_ready,
@@ -193,10 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    out = asyncio.run(run(args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    run_and_save(run, args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ printed. Usage: ``python bench/ttfb.py [--requests 5] [--json out.json]``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from benchlib import (
     loadavg,
     machine,
     median,
+    run_and_save,
     spawn,
     sse_events,
     stop,
@@ -238,10 +238,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    out = asyncio.run(run(args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    run_and_save(run, args)
 
 
 if __name__ == "__main__":

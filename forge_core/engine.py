@@ -473,7 +473,7 @@ class Engine:
                 sent, held = "", turn.content
             else:
                 sent = await _feed(splitter, turn.content) if turn.content else ""
-                sent += _drain(splitter)
+                sent += await _drain(splitter)
                 held = splitter.flush()
             shown.show_reasoning(turn.reasoning)
             shown.show_text(sent)
@@ -597,7 +597,7 @@ class Engine:
                 # call fragments streamed before are partial reads of that text.
                 calls = CallAssembler()
             turn.tool_calls = calls.assemble(self.client.name)
-            safe = _drain(splitter)
+            safe = await _drain(splitter)
             if safe:
                 sent.append(safe)
                 yield TextDelta(shown.show_text(safe))
@@ -682,9 +682,13 @@ async def _feed(splitter: Splitter | intent.GatedSplitter, text: str) -> str:
     return splitter.feed(text)
 
 
-def _drain(splitter: Splitter | intent.GatedSplitter) -> str:
+async def _drain(splitter: Splitter | intent.GatedSplitter) -> str:
     """Text an intent gate still held that turned out to be plain prose (shown as such)."""
-    return splitter.drain() if isinstance(splitter, intent.GatedSplitter) else ""
+    if not isinstance(splitter, intent.GatedSplitter):
+        return ""
+    if splitter.holding:  # judging the held text scans it all: a long one, off the loop
+        return await asyncio.to_thread(splitter.drain)
+    return splitter.drain()
 
 
 def _add(total: Usage | None, usage: Usage | None) -> Usage | None:

@@ -85,21 +85,18 @@ class Metrics:
             "forge_backend_tokens", "Tokens as the backend reported them, by direction.",
             ["backend", "type"], registry=r,
         )
-        self.in_flight = Gauge(
-            "forge_requests_in_flight", "API requests being handled now.",
-            registry=r, multiprocess_mode="livesum",
+
+        def live_sum(name: str, documentation: str) -> Gauge:
+            """A gauge that sums over the live worker processes."""
+            return Gauge(name, documentation, registry=r, multiprocess_mode="livesum")
+
+        self.in_flight = live_sum("forge_requests_in_flight", "API requests being handled now.")
+        self.queue = live_sum("forge_queue_depth", "Requests waiting for a backend slot.")
+        self.slots = live_sum(
+            "forge_backend_slots_in_use", "Backend slots held (requests at the backend)."
         )
-        self.queue = Gauge(
-            "forge_queue_depth", "Requests waiting for a backend slot.",
-            registry=r, multiprocess_mode="livesum",
-        )
-        self.slots = Gauge(
-            "forge_backend_slots_in_use", "Backend slots held (requests at the backend).",
-            registry=r, multiprocess_mode="livesum",
-        )
-        self.workers = Gauge(
-            "forge_workers", "forge worker processes serving (1 per live process).",
-            registry=r, multiprocess_mode="livesum",
+        self.workers = live_sum(
+            "forge_workers", "forge worker processes serving (1 per live process)."
         )
         self.workers.set(1)
         self._children: dict[tuple[Any, ...], Any] = {}

@@ -23,8 +23,8 @@ log = logging.getLogger("forge.slots")
 _ASK, _GRANTED, _FULL = b"A\n", b"G\n", b"F"
 
 
-class SlotKeeper:
-    """``slots`` slots and at most ``max_waiting`` waiting requests, over all workers."""
+class _SlotCounts:
+    """The socket, the bounds and the live counts, named as the in-process limiter names them."""
 
     def __init__(self, path: str | Path, slots: int, max_waiting: int) -> None:
         self.path = str(path)
@@ -32,6 +32,13 @@ class SlotKeeper:
         self.max_waiting = max_waiting
         self.waiting = 0
         self.in_use = 0
+
+
+class SlotKeeper(_SlotCounts):
+    """``slots`` slots and at most ``max_waiting`` waiting requests, over all workers."""
+
+    def __init__(self, path: str | Path, slots: int, max_waiting: int) -> None:
+        super().__init__(path, slots, max_waiting)
         self._semaphore = asyncio.Semaphore(slots)
         self._server: asyncio.AbstractServer | None = None
 
@@ -98,15 +105,8 @@ class SlotKeeper:
         return False
 
 
-class RemoteLimiter:
+class RemoteLimiter(_SlotCounts):
     """The worker's side: the same ``slot()`` interface as the in-process limiter."""
-
-    def __init__(self, path: str | Path, slots: int, max_waiting: int) -> None:
-        self.path = str(path)
-        self.slots = slots
-        self.max_waiting = max_waiting
-        self.waiting = 0
-        self.in_use = 0
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

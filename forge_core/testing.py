@@ -350,6 +350,33 @@ def serve_on_loopback(app: Any, port: int | None = None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@contextlib.contextmanager
+def serve_forge_on_loopback(
+    backend_url: str,
+    plugin: str = "llamafile",
+    *,
+    timeout: float = 300,
+    guardrails: GuardrailSettings | None = None,
+    **config: Any,
+) -> Iterator[str]:
+    """Run the whole forge app, with ``plugin``'s real client, in front of a running backend at
+    ``backend_url`` (e.g. a real llama-server); yields forge's base URL. ``config`` goes to
+    :class:`~forge_core.config.ServeConfig`."""
+    from forge_core.app import make_app
+    from forge_core.cli import build_state as build_serve_state
+    from forge_core.plugins import PluginHost
+
+    host = PluginHost()
+    host.load([plugin])
+    serve = ServeConfig(
+        backend=BackendSettings(backend_url=backend_url, model=None, timeout=timeout),
+        plugin=plugin, guardrails=guardrails or GuardrailSettings(), **config,
+    )
+    app = make_app(build_serve_state(host, host.backends()[plugin], serve))
+    with serve_on_loopback(app) as url:
+        yield url
+
+
 def chat(content: str = "hi", model: str = "fake-model", **extra: Any) -> dict[str, Any]:
     """A minimal OpenAI chat body with one user message."""
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}

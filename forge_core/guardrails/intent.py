@@ -34,6 +34,8 @@ _FENCE = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.M | re.S)
 _LEADING_FENCE = re.compile(r"\s*```")
 _FENCE_OPEN = re.compile(r"[ \t]*```[^\n]*\n")
 _FENCE_CLOSE = re.compile(r"^[ \t]*```", re.M)
+_FENCE_CLOSE_IN = re.compile(r"\n[ \t]*```")
+_CLOSE_HEAD = re.compile(r"[ \t]*`{0,2}")
 
 
 def applies(messages: Sequence[Any]) -> bool:
@@ -73,14 +75,18 @@ def _text(content: Any) -> str:
     return ""
 
 
+# "Not preceded by a word character" is checked after the name (``name(?<!\wname)``): a
+# pattern that starts with a literal lets the regex engine skip ahead to candidates, several
+# times faster on a long answer.
 def _word(name: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])")
+    escaped = re.escape(name)
+    return re.compile(rf"{escaped}(?<![\w]{escaped})(?![\w])")
 
 
 def _signals(name: str) -> re.Pattern[str]:
     escaped = re.escape(name)
     return re.compile(
-        rf"(?<![\w]){escaped}[ \t]*\("  # written as a function (def/calls/methods)
+        rf"{escaped}(?<![\w]{escaped})[ \t]*\("  # written as a function (def/calls/methods)
         rf"|`[ \t]*{escaped}[ \t]*(?:`|\()"  # in backticks
         rf'|"(?:name|tool|tool_name|function)"\s*:\s*"{escaped}"'  # call-shaped JSON
     )
@@ -121,7 +127,7 @@ class IntentGate:
     __slots__ = (
         "_names", "_patterns", "_name_at", "_longest", "_buffer", "_at", "_parked", "_hit",
         "_line", "_line_size", "_line_tail", "_line_blank",
-        "_seen", "_tick", "_named", "_word", "_close_from",
+        "_seen", "_tick", "_named", "_word", "_close_from", "_fence_open", "_fence_head",
     )
 
     def __init__(self, names: Iterable[str], asked: Iterable[str] = ()) -> None:
@@ -147,6 +153,8 @@ class IntentGate:
         self._named = -1
         self._word = -1  # where the scanned part's trailing word starts
         self._close_from = 0  # where an open fence's closing search resumes (from _at)
+        self._fence_open = False
+        self._fence_head: str | None = ""  # an open fence's last line, while it may close it
 
     @property
     def holding(self) -> bool:
@@ -159,7 +167,7 @@ class IntentGate:
     def feed(self, text: str) -> str:
         if not self._names:
             return text
-        if self._hit or (self._stuck() and "\n" not in text):
+        if self._hit or (self._stuck() and "\n" not in text) or self._fence_waits(text):
             self._parked.append(text)
             return ""
         self._buffer = self._buffer[self._at :] + "".join(self._parked) + text
@@ -173,6 +181,18 @@ class IntentGate:
             out.append(piece)
         self._buffer, self._at = self._buffer[self._at :], 0
         return "".join(out)
+
+    def _fence_waits(self, text: str) -> bool:
+        """Whether ``text`` leaves an open fence open (then it waits unseen)."""
+        if not self._fence_open:
+            return False
+        head = self._fence_head
+        if (head is not None and _FENCE_CLOSE.match(head + text)) or _FENCE_CLOSE_IN.search(text):
+            return False
+        newline = text.rfind("\n")
+        last = text[newline + 1 :] if newline != -1 else None if head is None else head + text
+        self._fence_head = last if last is not None and _CLOSE_HEAD.fullmatch(last) else None
+        return True
 
     def _held(self) -> str:
         return self._buffer[self._at :] + "".join(self._parked)
@@ -234,7 +254,11 @@ class IntentGate:
         close = _FENCE_CLOSE.search(buffer, start)
         if close is None:
             last = buffer.rfind("\n", start)
-            self._close_from = (start if last == -1 else last + 1) - at
+            line_start = start if last == -1 else last + 1
+            self._close_from = line_start - at
+            self._fence_open = True
+            head = _CLOSE_HEAD.fullmatch(buffer, line_start)
+            self._fence_head = None if head is None else head.group()
             return None
         self._close_from = 0
         return opening.end(), close.start(), close.end()

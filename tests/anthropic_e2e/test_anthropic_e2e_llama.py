@@ -18,12 +18,8 @@ import jsonschema
 import pytest
 from anthropic_e2e_support import WEATHER, assert_valid_stream
 
-from forge_core.app import make_app
-from forge_core.backend import BackendSettings
-from forge_core.cli import build_state
-from forge_core.config import GuardrailSettings, ServeConfig
-from forge_core.plugins import PluginHost
-from forge_core.testing import serve_on_loopback
+from forge_core.config import GuardrailSettings
+from forge_core.testing import serve_forge_on_loopback
 
 pytestmark = pytest.mark.llama
 
@@ -33,16 +29,10 @@ WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def forge_url(llama_server: str) -> Iterator[str]:
-    host = PluginHost()
-    host.load(["llamafile"])
-    spec = host.backends()["llamafile"]
-    config = ServeConfig(
-        backend=BackendSettings(backend_url=llama_server, model=None, timeout=120),
-        plugin="llamafile",
-        guardrails=GuardrailSettings(max_retries=3),
-        any_model=True,
-    )
-    with serve_on_loopback(make_app(build_state(host, spec, config))) as url:
+    guardrails = GuardrailSettings(max_retries=3)
+    with serve_forge_on_loopback(
+        llama_server, timeout=120, guardrails=guardrails, any_model=True
+    ) as url:
         yield url
 
 

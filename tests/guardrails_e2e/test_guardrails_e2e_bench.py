@@ -136,3 +136,20 @@ def test_summary_figures() -> None:
     assert figures["prose_kept"] == 1 and figures["usable"] == 2 and figures["broken"] == 1
     assert figures["mean_s"] == 2.0 and figures["p90_s"] == 3.0
     assert figures["calls_per_answer"] == pytest.approx(4 / 3)
+
+
+@pytest.mark.parametrize(
+    ("content", "broken"),
+    [
+        ('<tool_call>\n{"name": "get_weather", "arguments": {}}</tool_call>', True),
+        ('Sure: {"name": "get_weather", "arguments": {"city": "Paris"}}', True),
+        ("<function=get_weather>", True),
+        ("Put calls within <tool_call></tool_call> XML tags.", False),
+        ('```python\nreturn {"name": "buy groceries"}\n```', False),
+        ("It is sunny in Paris.", False),
+    ],
+)
+def test_call_text_is_a_call_for_an_offered_tool_printed_as_prose(
+    content: str, broken: bool
+) -> None:
+    assert bench.call_text(content, ["get_weather", "search"]) is broken

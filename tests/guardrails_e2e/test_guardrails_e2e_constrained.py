@@ -63,6 +63,46 @@ async def test_retry_is_constrained_and_its_json_answer_becomes_a_call() -> None
     assert r.headers["x-forge-guardrail"] == "retry:no_tool_call,constrained,rescued:json"
 
 
+def grammar_root(request: dict[str, Any]) -> str:
+    """The alternatives of the GBNF grammar's root rule (the calls it allows)."""
+    assert "response_format" not in request and "tools" not in request
+    root = request["grammar"].splitlines()[0]
+    assert root.startswith("root ::= ")
+    return root.removeprefix("root ::= ")
+
+
+async def test_retry_is_constrained_with_a_grammar_by_default() -> None:
+    backend = ScriptedBackend().push(reply_text("It is sunny."), reply_text(CONSTRAINED_ANSWER))
+    r = await post(backend, chat(tools=[WEATHER_TOOL], tool_choice="required"))
+    assert r.status_code == 200
+    first, retry = backend.requests
+    assert "grammar" not in first and first["tools"] == [WEATHER_TOOL]
+    # The grammar allows exactly one call of the tool; llama-server refuses it next to tools,
+    # so the tools leave the request and are described in the system message instead.
+    assert "tool_choice" not in retry and grammar_root(retry) == "call-get-weather"
+    assert '{\\"name\\":\\"get_weather\\",\\"arguments\\":' in retry["grammar"]
+    system, *rest = retry["messages"]
+    assert system["role"] == "system" and rest == first["messages"]
+    assert "get_weather" in system["content"] and "city (string, required)" in system["content"]
+    [call] = message_calls(r.json()["choices"][0]["message"])
+    assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Paris"}
+    assert r.headers["x-forge-guardrail"] == "retry:no_tool_call,constrained,rescued:json"
+
+
+async def test_grammar_retry_targets_the_tool_or_offers_every_tool() -> None:
+    backend = ScriptedBackend().push(
+        reply_tool_call("search", {"query": ""}),
+        reply_text('{"name": "search", "arguments": {"query": "forge"}}'),
+        reply_tool_call("lookup", {"q": 1}),
+        reply_text(CONSTRAINED_ANSWER),
+    )
+    r = await post(backend, chat(tools=TOOLS))
+    assert grammar_root(backend.requests[1]) == "call-search"
+    assert message_calls(r.json()["choices"][0]["message"])[0]["name"] == "search"
+    await post(backend, chat(tools=TOOLS))
+    assert grammar_root(backend.requests[3]) == "call-get-weather | call-search"
+
+
 async def test_constrained_retry_targets_the_tool_the_failed_call_meant() -> None:
     backend = ScriptedBackend().push(
         reply_tool_call("search", {"query": ""}),
@@ -102,7 +142,8 @@ async def test_no_constrained_retry_switch_sends_corrective_messages_only() -> N
         GuardrailSettings(constrained_retry=False),
     )
     retry = backend.requests[1]
-    assert "response_format" not in retry and retry["tools"] == [WEATHER_TOOL]
+    assert "response_format" not in retry and "grammar" not in retry
+    assert retry["tools"] == [WEATHER_TOOL]
     assert r.headers["x-forge-guardrail"] == "retry:no_tool_call"
 
 
@@ -113,7 +154,8 @@ async def test_constrained_retry_streamed_gives_one_canonical_call() -> None:
     assert out.content == "" and out.finish_reasons == ["tool_calls"]
     assert [c["name"] for c in out.tool_calls] == ["get_weather"]
     assert json.loads(out.tool_calls[0]["arguments"]) == {"city": "Paris"}
-    assert "grammar" in backend.requests[1] and backend.requests[1]["stream"] is True
+    assert grammar_root(backend.requests[1]) == "call-get-weather"
+    assert backend.requests[1]["stream"] is True
 
 
 # --- the respond tool -----------------------------------------------------------------------------

@@ -14,12 +14,8 @@ import openai
 import pytest
 from jsonschema import Draft202012Validator
 
-from forge_core.app import make_app
-from forge_core.backend import BackendSettings
-from forge_core.cli import build_state
-from forge_core.config import GuardrailSettings, ServeConfig
-from forge_core.plugins import PluginHost
-from forge_core.testing import serve_on_loopback
+from forge_core.config import GuardrailSettings
+from forge_core.testing import serve_forge_on_loopback
 
 pytestmark = pytest.mark.llama
 
@@ -60,15 +56,8 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 @pytest.fixture(scope="module")
 def client(llama_server: str) -> Iterator[openai.OpenAI]:
-    host = PluginHost()
-    host.load(["llamafile"])
-    spec = host.backends()["llamafile"]
-    config = ServeConfig(
-        backend=BackendSettings(backend_url=llama_server, model=None, timeout=300),
-        plugin="llamafile",
-        guardrails=GuardrailSettings(max_retries=2, keepalive_interval=1.0),
-    )
-    with serve_on_loopback(make_app(build_state(host, spec, config))) as url:
+    guardrails = GuardrailSettings(max_retries=2, keepalive_interval=1.0)
+    with serve_forge_on_loopback(llama_server, guardrails=guardrails) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
 
 

@@ -13,13 +13,9 @@ import openai
 import pytest
 from jsonschema import Draft202012Validator
 
-from forge_core.app import make_app
-from forge_core.backend import BackendSettings
-from forge_core.cli import build_state
-from forge_core.config import GuardrailSettings, ServeConfig
+from forge_core.config import GuardrailSettings
 from forge_core.engine import FALLBACK
-from forge_core.plugins import PluginHost
-from forge_core.testing import serve_on_loopback
+from forge_core.testing import serve_forge_on_loopback
 
 pytestmark = pytest.mark.llama
 
@@ -49,15 +45,8 @@ READ = function("read_file", "Read a file.", {"path": {"type": "string"}})
 
 @pytest.fixture(scope="module")
 def forge_url(llama_server: str) -> Iterator[str]:
-    host = PluginHost()
-    host.load(["llamafile"])
-    spec = host.backends()["llamafile"]
-    config = ServeConfig(
-        backend=BackendSettings(backend_url=llama_server, model=None, timeout=300),
-        plugin="llamafile",
-        guardrails=GuardrailSettings(max_retries=1, keepalive_interval=1.0),
-    )
-    with serve_on_loopback(make_app(build_state(host, spec, config))) as url:
+    guardrails = GuardrailSettings(max_retries=1, keepalive_interval=1.0)
+    with serve_forge_on_loopback(llama_server, guardrails=guardrails) as url:
         yield url
 
 

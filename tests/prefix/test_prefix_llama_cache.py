@@ -14,12 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from forge_core.app import make_app
-from forge_core.backend import BackendSettings
-from forge_core.cli import build_state
-from forge_core.config import GuardrailSettings, ServeConfig
-from forge_core.plugins import PluginHost
-from forge_core.testing import serve_on_loopback
+from forge_core.config import GuardrailSettings
+from forge_core.testing import serve_forge_on_loopback
 
 pytestmark = pytest.mark.llama
 
@@ -31,15 +27,8 @@ SYSTEM = " ".join(f"Rule {n}: answer briefly and never use more words than neede
 
 @pytest.fixture(scope="module")
 def forge_url(llama_server: str) -> Iterator[str]:
-    host = PluginHost()
-    host.load(["llamafile"])
-    spec = host.backends()["llamafile"]
-    config = ServeConfig(
-        backend=BackendSettings(backend_url=llama_server, model=None, timeout=300),
-        plugin="llamafile",
-        guardrails=GuardrailSettings(max_retries=0),
-    )
-    with serve_on_loopback(make_app(build_state(host, spec, config))) as url:
+    guardrails = GuardrailSettings(max_retries=0)
+    with serve_forge_on_loopback(llama_server, guardrails=guardrails) as url:
         yield url
 
 

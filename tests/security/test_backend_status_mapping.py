@@ -16,7 +16,7 @@ import pytest
 from plugin_states import PLUGINS, chat_path, error_payload, models_answer, transport_state
 
 from forge_core.app import make_app
-from forge_core.testing import serve_on_loopback
+from forge_core.testing import forge_client, serve_on_loopback
 
 OPENAI_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 ANTHROPIC_BODY = {"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
@@ -42,19 +42,10 @@ class Failing:
 
 
 async def ask(state: Any, protocol: str, stream: bool) -> httpx.Response:
-    app = make_app(state)
-    await state.client.start()
-    state.started = True
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://forge.test", timeout=30
-        ) as http:
-            if protocol == "openai":
-                return await http.post("/v1/chat/completions", json={**OPENAI_BODY,
-                                                                     "stream": stream})
-            return await http.post("/v1/messages", json={**ANTHROPIC_BODY, "stream": stream})
-    finally:
-        await state.client.aclose()
+    async with forge_client(None, state=state) as http:
+        if protocol == "openai":
+            return await http.post("/v1/chat/completions", json={**OPENAI_BODY, "stream": stream})
+        return await http.post("/v1/messages", json={**ANTHROPIC_BODY, "stream": stream})
 
 
 def error_type(response: httpx.Response, protocol: str) -> str:

@@ -16,8 +16,13 @@ import httpx
 import pytest
 from plugin_states import PLUGINS, TrickleBackend, cli_state, guard, sse_frames
 
-from forge_core.app import make_app
-from forge_core.testing import WEATHER_TOOL, Reply, ScriptedBackend, serve_on_loopback
+from forge_core.testing import (
+    WEATHER_TOOL,
+    Reply,
+    ScriptedBackend,
+    forge_client,
+    serve_on_loopback,
+)
 
 OPENAI_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 ANTHROPIC_BODY = {"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
@@ -53,20 +58,12 @@ def first_token(plugin: str) -> bytes:
 
 
 async def post(state: Any, protocol: str, stream: bool) -> httpx.Response:
-    app = make_app(state)
-    await state.client.start()
-    state.started = True
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://forge.test", timeout=60
-        ) as http:
-            path, body = (
-                ("/v1/chat/completions", OPENAI_BODY) if protocol == "openai"
-                else ("/v1/messages", ANTHROPIC_BODY)
-            )
-            return await guard(http.post(path, json={**body, "stream": stream}))
-    finally:
-        await state.client.aclose()
+    async with forge_client(None, state=state) as http:
+        path, body = (
+            ("/v1/chat/completions", OPENAI_BODY) if protocol == "openai"
+            else ("/v1/messages", ANTHROPIC_BODY)
+        )
+        return await guard(http.post(path, json={**body, "stream": stream}))
 
 
 def bounded_state(plugin: str, url: str, **kw: Any) -> Any:
@@ -154,17 +151,9 @@ async def test_keepalives_still_flow_while_a_slow_tool_call_is_held() -> None:
                        finish_reason="tool_calls"))
     with serve_on_loopback(backend.app) as url:
         state = bounded_state("llamafile", url, keepalive_interval=0.5, backend_idle_timeout=2.0)
-        app = make_app(state)
-        await state.client.start()
-        state.started = True
-        try:
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://forge.test"
-            ) as http:
-                body = {**OPENAI_BODY, "stream": True, "tools": [WEATHER_TOOL]}
-                r = await guard(http.post("/v1/chat/completions", json=body))
-        finally:
-            await state.client.aclose()
+        async with forge_client(None, state=state) as http:
+            body = {**OPENAI_BODY, "stream": True, "tools": [WEATHER_TOOL]}
+            r = await guard(http.post("/v1/chat/completions", json=body))
     assert r.status_code == 200
     assert ": keep-alive" in r.text and "get_weather" in r.text and '"error"' not in r.text
 

@@ -93,13 +93,14 @@ def stream_text(raw: str) -> tuple[str, list[dict[str, Any]]]:
 
 @pytest.mark.parametrize("kind", ["tool_call", "brace-quote"])
 @pytest.mark.parametrize("streamed", [False, True])
-async def test_100k_markers_do_not_stall_the_loop(kind: str, streamed: bool) -> None:
+@pytest.mark.parametrize("auto_intent", [False, True])  # with the intent gate behind it too
+async def test_100k_markers_do_not_stall_the_loop(
+    kind: str, streamed: bool, auto_intent: bool
+) -> None:
     text = "Intro. " + FLOODS[kind] * 100_000
     backend = ScriptedBackend().push(flood_reply(text))
     body = chat(tools=[WEATHER_TOOL], stream=streamed)
-    # The intent gate (guardrails/intent.py) has its own scan of long lines; this test is
-    # about the hold-back scanner.
-    guard = GuardrailSettings(auto_intent=False)
+    guard = GuardrailSettings(auto_intent=auto_intent)
     async with forge_client(backend, guardrails=guard) as http, LoopWatchdog():
         response = await http.post(URL, json=body)
     assert response.status_code == 200
