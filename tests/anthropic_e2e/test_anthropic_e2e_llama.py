@@ -31,7 +31,7 @@ WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
 def forge_url(llama_server: str) -> Iterator[str]:
     guardrails = GuardrailSettings(max_retries=3)
     with serve_forge_on_loopback(
-        llama_server, timeout=120, guardrails=guardrails, any_model=True
+        llama_server, timeout=300, guardrails=guardrails, any_model=True
     ) as url:
         yield url
 

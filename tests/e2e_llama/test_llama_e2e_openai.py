@@ -19,7 +19,7 @@ MODEL = "smollm2-135m-instruct"
 @pytest.fixture(scope="module")
 def forge_url(llama_server: str) -> Iterator[str]:
     guardrails = GuardrailSettings(max_retries=3)
-    with serve_forge_on_loopback(llama_server, timeout=120, guardrails=guardrails) as url:
+    with serve_forge_on_loopback(llama_server, timeout=300, guardrails=guardrails) as url:
         yield url
 
 
