@@ -70,6 +70,12 @@ def test_metrics_are_summed_over_both_workers(backend: tuple[ScriptedBackend, st
         os.kill(second, signal.SIGSTOP)  # only the first can accept
         try:
             assert all(post(forge.url, chat()).status_code == 200 for _ in range(3))
+            # A request is counted as its response ends, which may be just after the client
+            # has read it: wait for the count before freezing this worker.
+            assert wait_until(
+                lambda: value(scrape(forge.url), "forge_requests_total",
+                              endpoint="/v1/chat/completions", status="200") == 3, 30
+            )
         finally:
             os.kill(second, signal.SIGCONT)
         os.kill(first, signal.SIGSTOP)  # now only the second
