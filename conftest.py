@@ -19,6 +19,20 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def demo() -> None:
+    """Skip (or fail under FORGE_REQUIRE_LLAMA=1) without llama-server and the demo model."""
+    from forge_core.errors import ForgeError
+
+    try:
+        from forge_llamafile import launch
+
+        launch.find_server_binary(None)
+        launch.demo_model_path()
+    except (ImportError, ForgeError) as exc:
+        _skip_or_fail(str(exc))
+
+
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[str]:
     """Base URL of a llama-server running SmolLM2-135M with the hermes tool template."""

@@ -15,25 +15,10 @@ import httpx
 import pytest
 from managed_proc import ForgeProcess, assert_gone, children, wait_until
 
-from forge_core.errors import ForgeError
 from forge_core.managed import pid_alive
 from forge_core.testing import ScriptedBackend, chat, reply_text, serve_on_loopback
 
 MODEL = "smollm2-135m-instruct"
-
-
-@pytest.fixture
-def demo() -> None:
-    """Skip (or fail under FORGE_REQUIRE_LLAMA=1) without llama-server and the demo model."""
-    try:
-        from forge_llamafile import launch
-
-        launch.find_server_binary(None)
-        launch.demo_model_path()
-    except (ImportError, ForgeError) as exc:
-        if os.environ.get("FORGE_REQUIRE_LLAMA") == "1":
-            pytest.fail(f"FORGE_REQUIRE_LLAMA=1 but {exc}")
-        pytest.skip(str(exc))
 
 
 def ready(url: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from forge_core.errors import ForgeError
 from forge_core.managed import pid_alive
 from forge_core.testing import ScriptedBackend, chat, reply_text, serve_on_loopback
 from tests.ops.conftest import parse_metrics, value
@@ -146,20 +145,6 @@ def test_ready_answers_503_while_draining_then_all_exit(
         assert wait_until(lambda: not any(pid_alive(p) for p in workers), 30)
     finally:
         forge.close()
-
-
-@pytest.fixture
-def demo() -> None:
-    """Skip (or fail under FORGE_REQUIRE_LLAMA=1) without llama-server and the demo model."""
-    try:
-        from forge_llamafile import launch
-
-        launch.find_server_binary(None)
-        launch.demo_model_path()
-    except (ImportError, ForgeError) as exc:
-        if os.environ.get("FORGE_REQUIRE_LLAMA") == "1":
-            pytest.fail(f"FORGE_REQUIRE_LLAMA=1 but {exc}")
-        pytest.skip(str(exc))
 
 
 def servers_under(pid: int) -> list[int]:
