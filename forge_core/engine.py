@@ -179,7 +179,7 @@ class Engine:
     def _plan(self, call: ChatCall) -> _Plan:
         index = ToolIndex(
             call.tools,
-            conversation_text(call.body.get("messages"))
+            (lambda: conversation_text(call.body.get("messages")))
             if self.settings.placeholder_check
             else None,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,9 +58,12 @@ class ToolIndex:
     in :attr:`notes`, so a client's sloppy schema never turns into a retry loop.
     """
 
-    def __init__(self, tools: Sequence[Any] | None, conversation: str | None = None) -> None:
-        self.conversation = conversation
-        """The request's message text for the placeholder check; None turns the check off."""
+    def __init__(
+        self, tools: Sequence[Any] | None, conversation: str | Callable[[], str] | None = None
+    ) -> None:
+        self._conversation = conversation
+        """The request's message text for the placeholder check, or a function giving it (read
+        only when a call is checked: most requests carry no call); None turns the check off."""
         self._tools: dict[str, dict[str, Any]] = {}
         self._validators: dict[str, Validator | None] = {}
         self.notes: dict[str, str] = {}
@@ -70,6 +73,12 @@ class ToolIndex:
             if function is not None and function["name"] not in self._tools:
                 self._tools[function["name"]] = tool
         self.names: frozenset[str] = frozenset(self._tools)
+
+    @property
+    def conversation(self) -> str | None:
+        if callable(self._conversation):
+            self._conversation = self._conversation()
+        return self._conversation
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The client's tool dict for ``name`` (exactly as sent), or None."""
