@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from forge_core import __version__
 from forge_core.backend import BackendClient, BackendSpec, ModelIdentity
-from forge_core.boundary import as_forge_error, collect_notes, safe_status
+from forge_core.boundary import as_forge_error, safe_status
 from forge_core.budget import ContextBudget, discover_budget, fit_request
 from forge_core.config import ServeConfig
 from forge_core.deadline import Deadlines
@@ -40,12 +40,13 @@ from forge_core.errors import (
 )
 from forge_core.guardrails.records import RescueParser
 from forge_core.limiter import Limiter
+from forge_core.observe import observe_notes
 from forge_core.ops import attach as attach_ops
 from forge_core.protocols import ANTHROPIC, OPENAI, Protocol
 from forge_core.redact import display_url, install_logging, register, scrub
 from forge_core.status_cache import StatusCache
 from forge_core.transforms import RequestTransform
-from forge_core.turns import Finished, KeepAlive, StreamEvent
+from forge_core.turns import Finished, KeepAlive, Note, StreamEvent
 from forge_core.wire import sse
 from forge_core.wire.jsonio import SafeJSONResponse as JSONResponse  # never fails to render
 from forge_core.wire.jsonio import client_json
@@ -270,26 +271,28 @@ def _endpoint(state: AppState, protocol: Protocol) -> Callable[[Request], Awaita
             _check_auth(state, request)
             body = await _read_json(state, request)
             parsed = protocol.parse(body)
-            collect_notes(parsed.call.notes)  # a failing parser/transform notes itself here
             identity = state.resolve_model(parsed.model)
             call = parsed.call
             if identity is not None:
                 call.body = {**call.body, "model": identity.wire_name}
+            notes: list[Note] = []  # the request's own, then the engine's
             if state.budget is not None:  # a clear 400 instead of a silently truncated prompt
                 call.body, clamped = await fit_request(
                     call.body, state.budget.tokens, state.client.count_tokens
                 )
                 if clamped:
-                    call.notes.append(clamped)
+                    notes.append(Note(clamped))
             if parsed.stream:
-                return await _stream(state, protocol, request, parsed.model, call, parsed)
+                return await _stream(state, protocol, request, call, parsed, notes)
             async with state.limiter.slot():
-                turn = await _until_disconnect(
+                answer = await _until_disconnect(
                     request, state.engine.complete(call), state.drain
                 )
-            _log_request(protocol, parsed, call, turn.finish_reason)
-            headers = _guardrail_headers(call)
-            return JSONResponse(protocol.completion(turn, parsed), headers=headers)
+            notes += answer.notes
+            observe_notes(notes)
+            _log_request(protocol, parsed, call, answer.turn.finish_reason, notes)
+            headers = _guardrail_headers(notes)
+            return JSONResponse(protocol.completion(answer.turn, parsed), headers=headers)
         except ForgeError as exc:
             _log_error(exc)
             return protocol.error_response(exc)
@@ -302,17 +305,19 @@ def _endpoint(state: AppState, protocol: Protocol) -> Callable[[Request], Awaita
     return endpoint
 
 
-def _log_request(protocol: Protocol, parsed: Any, call: ChatCall, finish: str) -> None:
+def _log_request(
+    protocol: Protocol, parsed: Any, call: ChatCall, finish: str, notes: list[Note]
+) -> None:
     if log.isEnabledFor(logging.INFO):
         log.info(
             "%s model=%s tools=%d stream=%s finish=%s guardrails=%s",
             protocol.name, parsed.model, len(call.tools), parsed.stream, finish,
-            ",".join(call.notes) or "-",
+            ",".join(n.text for n in notes) or "-",
         )
 
 
-def _guardrail_headers(call: ChatCall) -> dict[str, str]:
-    return {"x-forge-guardrail": ",".join(call.notes)} if call.notes else {}
+def _guardrail_headers(notes: list[Note]) -> dict[str, str]:
+    return {"x-forge-guardrail": ",".join(n.text for n in notes)} if notes else {}
 
 
 def _log_error(exc: ForgeError) -> None:
@@ -326,9 +331,9 @@ async def _stream(
     state: AppState,
     protocol: Protocol,
     request: Request,
-    model: str,
     call: ChatCall,
     parsed: Any,
+    notes: list[Note],
 ) -> Response:
     """Wait for the backend's first event before answering 200, so early failures (backend
     down, unknown model, bad request) get a real status; but not longer than the stream-start
@@ -374,6 +379,10 @@ async def _stream(
                     yield emitter.emit(KeepAlive())
             event: StreamEvent | None = first.result()
             while event is not None:
+                if type(event) is Note:  # bookkeeping: the engine hands these out at the end
+                    notes.append(event)  # type: ignore[arg-type]
+                    event = await anext(events, None)
+                    continue
                 yield emitter.emit(event)
                 if isinstance(event, Finished):  # the end is out: no error may follow it
                     event = await anext(events, None)
@@ -386,10 +395,11 @@ async def _stream(
         except Exception as exc:  # the boundary, after the 200: an error event, then the end
             yield _stream_error(emitter, as_forge_error(exc, state.client, state.spec.name))
         finally:
-            _log_request(protocol, parsed, call, "streamed")
+            observe_notes(notes)
+            _log_request(protocol, parsed, call, "streamed", notes)
 
     # Notes known before the answer (a clamped max_tokens) go out with the headers.
-    headers = {**sse.STREAM_HEADERS, **_guardrail_headers(call)}
+    headers = {**sse.STREAM_HEADERS, **_guardrail_headers(notes)}
     return _ClosingStream(body(), stack, headers=headers)
 
 

@@ -10,8 +10,9 @@ Plugin code is third-party code, so any exception can come out of it. The rules:
   goes on without it, with a note (``rescue-failed:NAME``, ``transform-failed:NAME``) in the
   ``x-forge-guardrail`` header and the request's log line, and one log line with the traceback.
 
-Notes reach the request through a context variable the app sets per request
-(:func:`collect_notes`), so the guardrail engine needs no knowledge of the boundary.
+Notes reach the request through a context variable: the guardrail engine sets it around each
+piece of plugin code it runs (:class:`noting`), so parsers and transforms need no handle to the
+request, and the engine hands those notes out with its own.
 """
 
 from __future__ import annotations
@@ -51,9 +52,27 @@ class InternalError(ForgeError):
         self.code = "internal_error"
 
 
-def collect_notes(notes: list[str]) -> None:
-    """Send this request's boundary notes to ``notes`` (the request's guardrail notes)."""
-    _notes.set(notes)
+class noting:  # noqa: N801 - used like a function: ``with noting(sink):``
+    """Within the block, boundary notes of the current context go to ``sink``.
+
+    Never let a block span a ``yield`` of an async generator: the generator may resume in
+    another task's context, where the variable cannot be reset.
+    """
+
+    __slots__ = ("_sink", "_token")
+
+    def __init__(self, sink: list[str]) -> None:
+        self._sink = sink
+        self._token: contextvars.Token[list[str] | None] | None = None
+
+    def __enter__(self) -> list[str]:
+        self._token = _notes.set(self._sink)
+        return self._sink
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _notes.reset(self._token)
+            self._token = None
 
 
 def note(text: str) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from forge_core.errors import ContextExceeded, PluginError
-from forge_core.wire.jsonio import dumps
+from forge_core.tokens import BYTES_PER_TOKEN, measure
 
 log = logging.getLogger("forge.budget")
 
@@ -261,46 +261,11 @@ class ContextBudget:
         return f"{self.tokens if self.tokens else 'unknown'} ({self.mode})"
 
 
-CHARS_PER_TOKEN = 4.0
-"""Typical for English and code with BPE vocabularies: the quick estimate."""
+CHARS_PER_TOKEN = BYTES_PER_TOKEN
+"""Typical for English and code with BPE vocabularies: the quick estimate (UTF-8 bytes)."""
 PLAIN_CHARS_PER_TOKEN = 6.0
 """Without an exact count, a prompt is rejected only if it exceeds the budget even at this
-density, which real text (prose ~4, code ~3.5 characters per token) does not reach."""
-
-
-def prompt_chars(body: Mapping[str, Any]) -> int:
-    """Characters the backend will tokenize: message contents, tool calls and tool schemas.
-
-    Only text counts: a part whose ``text`` is not a string (the backend will judge it) adds
-    nothing, so no shape of body can make the check itself fail.
-    """
-    total = 0
-    messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            total += sum(_text_len(part) for part in content)
-        calls = message.get("tool_calls")
-        if isinstance(calls, list):
-            total += sum(len(dumps(call)) for call in calls)
-    tools = body.get("tools")
-    if tools:
-        total += len(dumps(tools))
-    return total
-
-
-def _text_len(part: Any) -> int:
-    text = part.get("text") if isinstance(part, dict) else part
-    return len(text) if isinstance(text, str) else 0
-
-
-def estimate_tokens(body: Mapping[str, Any], chars_per_token: float = CHARS_PER_TOKEN) -> int:
-    """A rough prompt size in tokens from its character count."""
-    return int(prompt_chars(body) / chars_per_token)
+density, which real text (prose ~4, code ~3.5 bytes per token) does not reach."""
 
 
 async def check_prompt(
@@ -316,7 +281,8 @@ async def check_prompt(
     """
     if not budget:
         return None
-    rough = estimate_tokens(body)
+    size = measure(body)
+    rough = size.tokens()
     if rough < budget // 2:
         return None
     exact = await count_exact(dict(body)) if count_exact is not None else None
@@ -324,7 +290,7 @@ async def check_prompt(
         if exact >= budget:
             raise ContextExceeded(exact, budget)
         return exact
-    floor = estimate_tokens(body, PLAIN_CHARS_PER_TOKEN)
+    floor = size.tokens(PLAIN_CHARS_PER_TOKEN)
     if floor >= budget:
         raise ContextExceeded(rough, budget)
     return rough
@@ -366,11 +332,12 @@ async def fit_request(
     if not budget:
         return body, None
     asked = _asked_tokens(body)
-    rough, dense = estimate_tokens(body), estimate_tokens(body, DENSE_CHARS_PER_TOKEN)
+    size = measure(body)  # one walk, priced at three densities
+    rough, dense = size.tokens(), size.tokens(DENSE_CHARS_PER_TOKEN)
     if rough < budget // 2 and (asked is None or dense + asked <= budget):
         return body, None  # plainly fits: no counting
     exact = await count_exact(dict(body)) if count_exact is not None else None
-    plain = estimate_tokens(body, PLAIN_CHARS_PER_TOKEN)
+    plain = size.tokens(PLAIN_CHARS_PER_TOKEN)
     if exact is not None and exact >= budget:
         raise ContextExceeded(exact, budget)
     if exact is None and plain >= budget:

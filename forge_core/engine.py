@@ -4,12 +4,16 @@ Data flows one way: a :class:`ChatCall` (OpenAI-shaped, whichever protocol the c
 -> request transforms -> backend client -> normalize -> validate / rescue / retry -> events
 for an emitter. Both client protocols use this engine; wire formats live at the edges.
 
-Both paths, :meth:`Engine.complete` and :meth:`Engine.stream`, judge an answer the same way:
-the text is split into what a stream would already have shown and what it would still hold
-(``Splitter``), the held part is searched for printed calls, every call is validated, and
-what the client sees across attempts is recorded in one ``Transcript`` (both in
-:mod:`forge_core.guardrails.attempt`). That is what makes the same backend output give the
-same final message, streamed or not.
+There is one attempt loop (``Engine._events``). :meth:`Engine.stream` hands out its events;
+:meth:`Engine.complete` folds the same events into one message, each attempt reading a
+non-streamed backend answer as a single chunk. In each attempt the text is split into what the
+client may see at once and what waits for the verdict (``Splitter``), the held part is searched
+for printed calls, every call is validated, and what the client was shown across attempts is
+recorded in one ``Transcript`` (both in :mod:`forge_core.guardrails.attempt`). The same backend
+output therefore gives the same final message, streamed or not.
+
+The engine writes nothing into the caller's objects: what the guardrails did comes out as
+:class:`~forge_core.turns.Note` events (and in :attr:`Answer.notes`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from forge_core.backend import BackendClient, BackendRequest, BackendSpec
+from forge_core.boundary import noting
 from forge_core.config import GuardrailSettings
 from forge_core.deadline import Deadlines
 from forge_core.errors import BackendHTTPError
@@ -54,10 +59,12 @@ from forge_core.turns import (
     BackendChunk,
     Finished,
     KeepAlive,
+    Note,
     ReasoningDelta,
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallFragment,
     ToolCallReady,
     Usage,
     new_id,
@@ -80,8 +87,6 @@ class ChatCall:
     body: dict[str, Any]
     client_protocol: Literal["openai", "anthropic"] = "openai"
     original: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    """What the guardrails did (``rescued:hermes``, ``retry:schema``, ...): header and logs."""
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -91,6 +96,14 @@ class ChatCall:
     @property
     def tool_choice(self) -> Any:
         return self.body.get("tool_choice")
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole answer and what the guardrails did to get it."""
+
+    turn: AssistantTurn
+    notes: list[Note]
 
 
 # --- per-request decisions ---------------------------------------------------------------------
@@ -230,6 +243,7 @@ class Engine:
 
     def _retry_request(
         self,
+        notes: _Notes,
         call: ChatCall,
         plan: _Plan,
         history: list[dict[str, Any]],
@@ -268,7 +282,7 @@ class Engine:
                 if constrained:
                     body = _with_call_room(strengthened)
         if constrained:
-            call.notes.append("constrained")
+            notes.add("constrained")
         request = BackendRequest(
             body=body,
             verbatim=False,
@@ -314,6 +328,7 @@ class Engine:
 
     def _judge(
         self,
+        notes: _Notes,
         call: ChatCall,
         plan: _Plan,
         turn: AssistantTurn,
@@ -352,17 +367,17 @@ class Engine:
                     for c in found
                 ]
                 prose = remaining
-                call.notes.append(f"rescued:{parser}{where}")
+                notes.add(f"rescued:{parser}{where}")
         tail = held
         if plan.respond:
             turn = unwrap_respond(turn)  # a respond() call becomes turn.content
             answer, turn.content = turn.content, ""
             prose, tail = _paragraphs(prose, answer), _paragraphs(tail, answer)
         if fix_ids(turn.tool_calls):
-            call.notes.append("ids-fixed")
+            notes.add("ids-fixed")
         repairs = repair_calls(turn.tool_calls, plan.index, truncated=cut)
         if repairs:
-            call.notes.append("repaired:" + "+".join(repairs))
+            notes.add("repaired:" + "+".join(repairs))
         allowed = plan.index if plan.active else _NO_TOOLS
         problems = validate_turn(turn, allowed, call.tool_choice) + late
         if not problems and not turn.tool_calls:
@@ -389,7 +404,7 @@ class Engine:
 
     def _give_up(
         self,
-        call: ChatCall,
+        notes: _Notes,
         verdict: _Verdict,
         shown: Transcript,
         note: str,
@@ -400,7 +415,7 @@ class Engine:
 
         Returns the text still to show (already recorded in ``shown``).
         """
-        call.notes.append(note)
+        notes.add(note)
         reasons = "; ".join(p.message for p in verdict.problems)
         # Kinds and tool names only: problem messages quote argument values.
         log.warning("guardrails gave up (%s) tools=%s", note, _tools_of(verdict.problems))
@@ -424,116 +439,103 @@ class Engine:
         return verdict.tail
 
     @staticmethod
-    def _unparsed(call: ChatCall, exc: UnparsedOutput) -> AssistantTurn:
+    def _unparsed(notes: _Notes, exc: UnparsedOutput) -> AssistantTurn:
         """The answer the backend could not parse, as the model wrote it (maybe nothing)."""
-        call.notes.append(f"unparsed:{exc.backend_status}")
+        notes.add(f"unparsed:{exc.backend_status}")
         log.warning("%s could not parse the model's answer (%d chars returned)",
                     exc.backend, len(exc.text))
         return AssistantTurn(content=exc.text, finish_reason="stop")
 
-    def _retrying(self, call: ChatCall, problems: list[Problem]) -> None:
-        call.notes.append("retry:" + _kinds(problems))
+    def _retrying(self, notes: _Notes, problems: list[Problem]) -> None:
+        notes.add("retry:" + _kinds(problems))
         log.info("tool call rejected (%s) tools=%s", _kinds(problems), _tools_of(problems))
 
-    # --- non-streaming ----------------------------------------------------------------------
+    # --- the one attempt loop -------------------------------------------------------------
 
-    async def complete(self, call: ChatCall) -> AssistantTurn:
-        """One answer for ``call``: a valid call, accepted prose, or plain text after giving up."""
-        plan = self._plan(call)
-        shown = Transcript()
-        request, constrained = self._first_request(call, plan), False
-        history: list[dict[str, Any]] = []
-        constrained_history: list[dict[str, Any]] = []
-        honest = ""  # what to show if forge gives up (see _honest_tail)
-        usage: Usage | None = None
-        verdict: _Verdict | None = None
-        for attempt in range(self.settings.max_retries + 1):
-            shown.next_attempt()
-            unparsed = False
-            try:
-                turn = await self._bounded(self.client.complete(request))
-            except UnparsedOutput as exc:
-                turn, unparsed = self._unparsed(call, exc), True
-            except BackendHTTPError as exc:
-                if verdict is None:
-                    raise
-                self._give_up(
-                    call, verdict, shown, f"retry-failed:{exc.backend_status}", honest
-                )
-                return _plain(shown, usage)
-            usage = _add(usage, turn.usage)
-            if not plan.guarded and not turn.tool_calls and verdict is None:
-                turn.finish_reason = finish_reason(turn)
-                turn.usage = usage
-                return turn
-            parsers = self._parsers_for(plan, constrained)
-            splitter = self._splitter(plan, attempt, parsers)
-            # Split the text exactly as the stream would, so both paths agree.
-            if unparsed:  # text the backend failed to parse is judged whole, never shown raw
-                sent, held = "", turn.content
-            else:
-                sent = await _feed(splitter, turn.content) if turn.content else ""
-                sent += await _drain(splitter)
-                held = splitter.flush()
-            shown.show_reasoning(turn.reasoning)
-            shown.show_text(sent)
-            reasoning, turn.content, turn.reasoning = turn.reasoning, "", ""
-            # Off the event loop: rescue and schema validation of a hostile answer or schema
-            # are bounded, but may take far longer than other requests can wait.
-            verdict = await asyncio.to_thread(
-                self._judge, call, plan, turn, held, parsers, reasoning, unparsed, sent
-            )
-            if not verdict.problems:
-                shown.show_text(verdict.prose)
-                return AssistantTurn(
-                    content=shown.text,
-                    tool_calls=verdict.turn.tool_calls,
-                    finish_reason=verdict.turn.finish_reason,
-                    usage=usage,
-                    reasoning=shown.reasoning,
-                    stop_sequence=verdict.turn.stop_sequence,
-                )
-            verdict.turn.content = sent + verdict.prose
-            if attempt == self.settings.max_retries:
-                break
-            honest = self._honest_tail(verdict, constrained, honest)
-            self._retrying(call, verdict.problems)
-            feedback = corrective_messages(verdict.turn, verdict.problems, plan.index)
-            history += feedback
-            if constrained:
-                constrained_history += feedback
-            request, constrained = self._retry_request(
-                call, plan, history, attempt + 1, verdict.problems, constrained_history
-            )
-        assert verdict is not None
-        honest = self._honest_tail(verdict, constrained, honest)
-        self._give_up(
-            call, verdict, shown, "retries-exhausted:" + _kinds(verdict.problems), honest
-        )
-        return _plain(shown, usage)
-
-    # --- streaming --------------------------------------------------------------------------
-
-    async def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
+    def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
         """The answer for ``call`` as events: prose at once, calls only once complete and valid.
 
-        Failed attempts are retried invisibly; the events always end with one ``Finished``.
-        While something is held back and the client has heard nothing for a keep-alive
-        interval, a ``KeepAlive`` goes out: the interval counts the client's silence, not the
-        backend's, so a long call arriving in many small fragments still gets keep-alives.
+        Failed attempts are retried invisibly; the events always end with one ``Finished``,
+        right after the request's :class:`~forge_core.turns.Note` events. While something is
+        held back and the client has heard nothing for a keep-alive interval, a ``KeepAlive``
+        goes out: the interval counts the client's silence, not the backend's, so a long call
+        arriving in many small fragments still gets keep-alives.
         """
+        return self._events(call, streamed=True)
+
+    async def complete(self, call: ChatCall) -> Answer:
+        """One whole answer for ``call``: the fold of the events :meth:`stream` would produce,
+        each attempt a non-streamed backend call (a valid call, accepted prose, or plain text
+        after giving up)."""
+        text: list[str] = []
+        reasoning: list[str] = []
+        calls: list[ToolCall] = []
+        notes: list[Note] = []
+        end = Finished("stop", None)
+        events = self._events(call, streamed=False)
+        try:
+            async for event in events:
+                kind = type(event)
+                if kind is TextDelta:
+                    text.append(event.text)  # type: ignore[union-attr]
+                elif kind is ReasoningDelta:
+                    reasoning.append(event.text)  # type: ignore[union-attr]
+                elif kind is ToolCallReady:
+                    calls.append(event.call)  # type: ignore[union-attr]
+                elif kind is Note:
+                    notes.append(event)  # type: ignore[arg-type]
+                elif kind is Finished:
+                    end = event  # type: ignore[assignment]
+        finally:
+            await events.aclose()
+        turn = AssistantTurn(
+            content="".join(text),
+            tool_calls=calls,
+            finish_reason=end.finish_reason,
+            usage=end.usage,
+            reasoning="".join(reasoning),
+            stop_sequence=end.stop_sequence,
+        )
+        return Answer(turn, notes)
+
+    def _source(self, request: BackendRequest, streamed: bool) -> AsyncIterator[BackendChunk]:
+        if streamed:
+            return self._paced(self.client.stream(request))
+        return self._whole(request)
+
+    async def _whole(self, request: BackendRequest) -> AsyncIterator[BackendChunk]:
+        """A non-streamed backend answer as the one chunk that holds all of it."""
+        turn = await self._bounded(self.client.complete(request))
+        yield BackendChunk(
+            text=turn.content,
+            reasoning=turn.reasoning,
+            tool_calls=[
+                ToolCallFragment(i, c.id, c.name, c.arguments)
+                for i, c in enumerate(turn.tool_calls)
+            ],
+            finish_reason=turn.finish_reason,
+            usage=turn.usage,
+            stop_sequence=turn.stop_sequence,
+        )
+
+    async def _events(self, call: ChatCall, streamed: bool) -> AsyncIterator[StreamEvent]:
         plan = self._plan(call)
         shown = Transcript()
+        notes = _Notes()
         loop = asyncio.get_running_loop()
-        interval = self.settings.keepalive_interval
+        # A whole answer arrives at once: nothing to keep alive while it is judged.
+        interval = self.settings.keepalive_interval if streamed else None
         last_sent = awake = loop.time()
-        request, constrained = self._first_request(call, plan), False
+        with noting(notes.boundary):
+            request = self._first_request(call, plan)
+        constrained = False
         history: list[dict[str, Any]] = []
         constrained_history: list[dict[str, Any]] = []
         honest = ""  # what to show if forge gives up (see _honest_tail)
         usage: Usage | None = None
         verdict: _Verdict | None = None
         for attempt in range(self.settings.max_retries + 1):
+            notes.attempt = attempt
             shown.next_attempt()
             parsers = self._parsers_for(plan, constrained)
             splitter = self._splitter(plan, attempt, parsers)
@@ -542,13 +544,13 @@ class Engine:
             sent: list[str] = []
             thought: list[str] = []
             unparsed: UnparsedOutput | None = None
-            reader = BackendReader(self._paced(self.client.stream(request)))
+            reader = BackendReader(self._source(request, streamed))
             try:
                 while True:
                     # Not holding, the next chunk is awaited without any timer: prose pays
                     # nothing for keep-alives.
-                    holding = splitter.holding or bool(calls)
-                    timeout = last_sent + interval - loop.time() if holding else None
+                    holding = interval is not None and (splitter.holding or bool(calls))
+                    timeout = last_sent + interval - loop.time() if holding else None  # type: ignore[operator]
                     chunk = await reader.next(timeout)
                     if chunk is END:
                         break
@@ -562,7 +564,7 @@ class Engine:
                         thought.append(chunk.reasoning)
                         yield ReasoningDelta(shown.show_reasoning(chunk.reasoning))
                     if chunk.text:
-                        safe = await _feed(splitter, chunk.text)
+                        safe = await _feed(splitter, chunk.text, notes.boundary)
                         if safe:
                             sent.append(safe)
                             last_sent = loop.time()
@@ -584,9 +586,11 @@ class Engine:
                 if verdict is None:
                     raise
                 note = f"retry-failed:{exc.backend_status}"
-                piece = self._give_up(call, verdict, shown, note, honest)
+                piece = self._give_up(notes, verdict, shown, note, honest)
                 if piece:
                     yield TextDelta(piece)
+                for item in notes.take():
+                    yield item
                 yield Finished("stop", usage)
                 return
             finally:
@@ -597,47 +601,92 @@ class Engine:
                 # call fragments streamed before are partial reads of that text.
                 calls = CallAssembler()
             turn.tool_calls = calls.assemble(self.client.name)
-            safe = await _drain(splitter)
+            safe = await _drain(splitter, notes.boundary)
             if safe:
                 sent.append(safe)
                 yield TextDelta(shown.show_text(safe))
-            held = splitter.flush()
+            with noting(notes.boundary):
+                held = splitter.flush()
             if unparsed is not None:  # judged whole, never shown raw
-                held += self._unparsed(call, unparsed).content
+                held += self._unparsed(notes, unparsed).content
             if not plan.guarded and not turn.tool_calls and verdict is None:
+                for item in notes.take():
+                    yield item
                 yield Finished(finish_reason(turn), usage, turn.stop_sequence)
                 return
-            verdict = await asyncio.to_thread(
-                self._judge, call, plan, turn, held, parsers, "".join(thought),
-                unparsed is not None, "".join(sent),
-            )
+            # Off the event loop: rescue and schema validation of a hostile answer or schema
+            # are bounded, but may take far longer than other requests can wait.
+            with noting(notes.boundary):
+                verdict = await asyncio.to_thread(
+                    self._judge, notes, call, plan, turn, held, parsers, "".join(thought),
+                    unparsed is not None, "".join(sent),
+                )
             if not verdict.problems:
                 piece = shown.show_text(verdict.prose)
                 if piece:
                     yield TextDelta(piece)
                 for position, tool_call in enumerate(verdict.turn.tool_calls):
                     yield ToolCallReady(position, tool_call)
+                for item in notes.take():
+                    yield item
                 yield Finished(verdict.turn.finish_reason, usage, verdict.turn.stop_sequence)
                 return
             verdict.turn.content = "".join(sent) + verdict.prose
             if attempt == self.settings.max_retries:
                 break
             honest = self._honest_tail(verdict, constrained, honest)
-            self._retrying(call, verdict.problems)
+            self._retrying(notes, verdict.problems)
             feedback = corrective_messages(verdict.turn, verdict.problems, plan.index)
             history += feedback
             if constrained:
                 constrained_history += feedback
-            request, constrained = self._retry_request(
-                call, plan, history, attempt + 1, verdict.problems, constrained_history
-            )
+            notes.attempt = attempt + 1  # the retry's request belongs to the next attempt
+            with noting(notes.boundary):
+                request, constrained = self._retry_request(
+                    notes, call, plan, history, attempt + 1, verdict.problems,
+                    constrained_history,
+                )
         assert verdict is not None
         honest = self._honest_tail(verdict, constrained, honest)
         note = "retries-exhausted:" + _kinds(verdict.problems)
-        piece = self._give_up(call, verdict, shown, note, honest)
+        piece = self._give_up(notes, verdict, shown, note, honest)
         if piece:
             yield TextDelta(piece)
+        for item in notes.take():
+            yield item
         yield Finished("stop", usage)
+
+
+class _Notes:
+    """One request's notes, each tagged with the attempt it belongs to.
+
+    ``boundary`` is where the error boundary writes while plugin code runs
+    (:class:`~forge_core.boundary.noting`); it is never cleared, so a parser failing on every
+    chunk is noted (and logged) once per request.
+    """
+
+    __slots__ = ("boundary", "attempt", "_ready", "_taken")
+
+    def __init__(self) -> None:
+        self.boundary: list[str] = []
+        self.attempt = 0
+        self._ready: list[Note] = []
+        self._taken = 0
+
+    def add(self, text: str) -> None:
+        self._collect()
+        self._ready.append(Note(text, self.attempt))
+
+    def take(self) -> list[Note]:
+        """The notes not handed out yet, in the order they were made."""
+        self._collect()
+        out, self._ready = self._ready, []
+        return out
+
+    def _collect(self) -> None:
+        if len(self.boundary) > self._taken:
+            self._ready += [Note(t, self.attempt) for t in self.boundary[self._taken:]]
+            self._taken = len(self.boundary)
 
 
 CALL_ROOM = 512
@@ -676,19 +725,23 @@ YIELD_AFTER = 0.02
 """Seconds a stream may work through already-read chunks before it lets other tasks run."""
 
 
-async def _feed(splitter: Splitter | intent.GatedSplitter, text: str) -> str:
-    if len(text) > BIG_TEXT:
-        return await asyncio.to_thread(splitter.feed, text)
-    return splitter.feed(text)
+async def _feed(splitter: Splitter | intent.GatedSplitter, text: str, sink: list[str]) -> str:
+    """The part of ``text`` the client may see now (the scanner may run plugin parsers:
+    their failures are noted in ``sink``)."""
+    with noting(sink):
+        if len(text) > BIG_TEXT:
+            return await asyncio.to_thread(splitter.feed, text)
+        return splitter.feed(text)
 
 
-async def _drain(splitter: Splitter | intent.GatedSplitter) -> str:
+async def _drain(splitter: Splitter | intent.GatedSplitter, sink: list[str]) -> str:
     """Text an intent gate still held that turned out to be plain prose (shown as such)."""
     if not isinstance(splitter, intent.GatedSplitter):
         return ""
-    if splitter.holding:  # judging the held text scans it all: a long one, off the loop
-        return await asyncio.to_thread(splitter.drain)
-    return splitter.drain()
+    with noting(sink):
+        if splitter.holding:  # judging the held text scans it all: a long one, off the loop
+            return await asyncio.to_thread(splitter.drain)
+        return splitter.drain()
 
 
 def _add(total: Usage | None, usage: Usage | None) -> Usage | None:
@@ -717,4 +770,4 @@ def _plain(shown: Transcript, usage: Usage | None) -> AssistantTurn:
     )
 
 
-__all__ = ["ChatCall", "Engine", "RESPOND_TOOL_NAME"]
+__all__ = ["Answer", "ChatCall", "Engine", "RESPOND_TOOL_NAME"]

@@ -2,8 +2,9 @@
 
 An ASGI middleware opens a :class:`RequestRecord` per API request and puts it in a context
 variable; thin proxies around the engine, the backend client and the limiter fill it in (the
-client's :class:`~forge_core.engine.ChatCall` with its guardrail notes, every backend attempt
-with its timing, usage, error and, when the inspector is on, its output). When the response
+client's :class:`~forge_core.engine.ChatCall`, every backend attempt with its timing, usage,
+error and, when the inspector is on, its output), and the app hands over the guardrail notes
+(:func:`observe_notes`). When the response
 has gone out, the record is handed to the sinks. Nothing here touches the engine's loops.
 """
 
@@ -26,7 +27,7 @@ from forge_core.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
-from forge_core.turns import AssistantTurn, BackendChunk, Usage
+from forge_core.turns import AssistantTurn, BackendChunk, Note, Usage
 
 log = logging.getLogger("forge.observe")
 
@@ -55,8 +56,6 @@ class Attempt:
     streamed: bool
     started: float
     """``time.perf_counter()`` at the call."""
-    notes_at: int
-    """How many guardrail notes the request had when this attempt began."""
     sent: dict[str, Any] | None = None
     """The body forge sent (inspector only)."""
     seconds: float = 0.0
@@ -82,7 +81,9 @@ class RequestRecord:
     first_byte: float | None = None
     seconds: float = 0.0
     call: Any = None
-    """The engine's ``ChatCall`` (its ``notes`` are the guardrail verdicts)."""
+    """The engine's ``ChatCall``: the request as the backend saw it."""
+    guardrail_notes: list[Note] = field(default_factory=list)
+    """What the guardrails did, as the app handed it over (:func:`observe_notes`)."""
     attempts: list[Attempt] = field(default_factory=list)
     request_body: bytearray = field(default_factory=bytearray)
     request_cut: int = 0
@@ -94,7 +95,7 @@ class RequestRecord:
 
     @property
     def notes(self) -> list[str]:
-        return list(self.call.notes) if self.call is not None else []
+        return [note.text for note in self.guardrail_notes]
 
     @property
     def backend_seconds(self) -> float:
@@ -109,19 +110,22 @@ class RequestRecord:
         return total
 
     def attempt_notes(self) -> list[list[str]]:
-        """The notes each attempt's verdict produced, in order (``constrained`` is noted before
-        the retry it describes, so it goes with the attempt that follows)."""
-        notes = self.notes
-        bounds = [a.notes_at for a in self.attempts] + [len(notes)]
-        out: list[list[str]] = [notes[bounds[i]: bounds[i + 1]] for i in range(len(self.attempts))]
-        for i in range(len(out) - 1):
-            if "constrained" in out[i]:
-                out[i].remove("constrained")
-                out[i + 1].insert(0, "constrained")
+        """The notes of each attempt, in order (the request's own notes belong to none)."""
+        out: list[list[str]] = [[] for _ in self.attempts]
+        for note in self.guardrail_notes:
+            if note.attempt is not None and note.attempt < len(out):
+                out[note.attempt].append(note.text)
         return out
 
 
 Sink = Callable[[RequestRecord], None]
+
+
+def observe_notes(notes: Sequence[Note]) -> None:
+    """Hand a request's guardrail notes to its record (nothing when nobody observes)."""
+    record = CURRENT.get()
+    if record is not None:
+        record.guardrail_notes.extend(notes)
 
 
 def error_kind(exc: BaseException) -> tuple[str, int | None]:
@@ -149,7 +153,7 @@ class ObservedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def complete(self, call: Any) -> AssistantTurn:
+    async def complete(self, call: Any) -> Any:
         record = CURRENT.get()
         if record is not None:
             record.call = call
@@ -176,12 +180,10 @@ class ObservedClient:
         record = CURRENT.get()
         if record is None:
             return None
-        call = record.call
         attempt = Attempt(
             index=len(record.attempts),
             streamed=streamed,
             started=time.perf_counter(),
-            notes_at=len(call.notes) if call is not None else 0,
             sent=request.body if record.capture else None,
         )
         record.attempts.append(attempt)

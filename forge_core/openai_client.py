@@ -119,25 +119,18 @@ class OpenAIWireClient(BackendClient):
     # --- requests ------------------------------------------------------------------------
 
     def prepare_body(self, request: BackendRequest, *, stream: bool) -> dict[str, Any]:
-        """The body to send: the request's, with wire model name and forge's stream settings.
+        """The body to send: the request's, with forge's stream settings.
 
-        Only top-level keys are touched, so ``messages`` and ``tools`` stay the client's own
-        objects on a verbatim attempt.
+        The model is already the wire name (the app maps the client's name once, see
+        :meth:`~forge_core.app.AppState.resolve_model`). Only top-level keys are touched, so
+        ``messages`` and ``tools`` stay the client's own objects on a verbatim attempt.
         """
         body = {k: v for k, v in request.body.items() if k not in CLIENT_ONLY_FIELDS}
-        if self._identities:
-            body["model"] = self.wire_name(body.get("model"))
         body["stream"] = stream
         if stream:
             # forge reports usage to the client itself; always ask for it.
             body["stream_options"] = {"include_usage": True}
         return body
-
-    def wire_name(self, requested: str | None) -> str:
-        for identity in self._identities:
-            if requested in identity.names:
-                return identity.wire_name
-        return self._identities[0].wire_name if self._identities else (requested or "")
 
     async def complete(self, request: BackendRequest) -> AssistantTurn:
         body = self.prepare_body(request, stream=False)

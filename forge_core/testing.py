@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from forge_core.backend import BackendSettings, BackendSpec, Capabilities
+from forge_core.backend import BackendClient, BackendSettings, BackendSpec, Capabilities
 from forge_core.config import GuardrailSettings, ServeConfig
 from forge_core.openai_client import OpenAIWireClient
 from forge_core.turns import new_id
@@ -321,6 +321,33 @@ async def forge_client(
             yield http
     finally:
         await state.client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def forge_in_front_of(
+    client: BackendClient, spec: BackendSpec, *, start: bool = True, **config: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to a forge app (ASGI, in-process) in front of your own
+    backend ``client``, the way ``forge serve`` wires it (``start``: run ``client.start()``
+    first, as serving does)."""
+    from forge_core.app import make_app, wire_state
+
+    settings = getattr(client, "settings", None)
+    if not isinstance(settings, BackendSettings):
+        settings = BackendSettings()
+    serve = ServeConfig(backend=settings, plugin=spec.name, **config)
+    state = wire_state(serve, spec, client)
+    if start:
+        await client.start()
+    state.started = True
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=make_app(state)), base_url="http://forge.test",
+            timeout=30,
+        ) as http:
+            yield http
+    finally:
+        await client.aclose()
 
 
 # --- real servers on loopback -------------------------------------------------------------------

@@ -157,4 +157,17 @@ class Finished:
     stop_sequence: str | None = None
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallReady | KeepAlive | Finished
+@dataclass(slots=True)
+class Note:
+    """What the guardrails did (``rescued:hermes``, ``retry:schema``, ...), for the
+    ``x-forge-guardrail`` header, logs and metrics; never shown to the client as content.
+
+    ``attempt`` is the backend call the note belongs to (0 = the first), None for the request
+    as a whole. Emitters ignore notes.
+    """
+
+    text: str
+    attempt: int | None = None
+
+
+StreamEvent = TextDelta | ReasoningDelta | ToolCallReady | KeepAlive | Finished | Note

@@ -47,11 +47,13 @@ from pydantic import (
     model_validator,
 )
 
+from forge_core import tokens
 from forge_core.errors import BackendProtocolError, ForgeError, InvalidRequest
 from forge_core.turns import (
     AssistantTurn,
     Finished,
     KeepAlive,
+    Note,
     ReasoningDelta,
     StreamEvent,
     TextDelta,
@@ -748,7 +750,7 @@ class _Phase(enum.Enum):
 
 
 def _estimate_output_tokens(chars: int) -> int:
-    return math.ceil(chars / CHARS_PER_TOKEN)
+    return math.ceil(chars / tokens.BYTES_PER_TOKEN)
 
 
 class AnthropicStreamEmitter:
@@ -824,6 +826,8 @@ class AnthropicStreamEmitter:
             out += PING
         elif isinstance(event, Finished):
             out += self._finish(event, matched_stop)
+        elif isinstance(event, Note):
+            pass  # the guardrails' bookkeeping, not content
         else:  # pragma: no cover - StreamEvent is a closed union
             raise StreamOrderError(f"unknown stream event {event!r}")
         return out
@@ -912,60 +916,8 @@ class AnthropicStreamEmitter:
 
 # --- token estimate ------------------------------------------------------------------------------
 
-CHARS_PER_TOKEN = 4
-"""English text and code average about four characters (UTF-8 bytes) per token."""
-MESSAGE_OVERHEAD = 4
-"""Role markers and separators a chat template adds around each message."""
-TOOL_OVERHEAD = 12
-"""Per tool definition: the wrapper a template renders around name, description and schema."""
-IMAGE_TOKENS = 1600
-"""Anthropic bills an image at about width*height/750 tokens, about 1600 for a full-size one;
-forge does not decode images, so every image counts as full size."""
-
-
-def render_for_count(openai_body: dict[str, Any]) -> str:
-    """The text a backend would tokenize for an OpenAI body: contents, calls and tool specs.
-
-    Image parts are not rendered (their data URLs would count as text); count them apart.
-    """
-    pieces: list[str] = []
-    for message in openai_body.get("messages") or ():
-        content = message.get("content")
-        if isinstance(content, str):
-            pieces.append(content)
-        elif isinstance(content, list):
-            pieces += [p.get("text", "") for p in content if p.get("type") == "text"]
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") or {}
-            pieces += [function.get("name", ""), function.get("arguments", "")]
-    for tool in openai_body.get("tools") or ():
-        pieces.append(compact_json(tool.get("function", tool)))
-    return "\n".join(pieces)
-
-
-def _count_images(openai_body: dict[str, Any]) -> int:
-    return sum(
-        1
-        for message in openai_body.get("messages") or ()
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if part.get("type") == "image_url"
-    )
-
 
 def estimate_tokens(req: CountTokensRequest) -> int:
-    """A heuristic prompt-size estimate for ``count_tokens`` when the backend cannot tokenize.
-
-    UTF-8 bytes of the rendered text / 4 (bytes rather than characters so CJK text, about one
-    token per character, is not undercounted), plus :data:`MESSAGE_OVERHEAD` per message,
-    :data:`TOOL_OVERHEAD` per tool and :data:`IMAGE_TOKENS` per image. Meant to be within
-    tens of percent: good for context bars and budget warnings, not for billing.
-    """
-    body = to_openai_request(req)
-    text_bytes = len(render_for_count(body).encode())
-    return (
-        math.ceil(text_bytes / CHARS_PER_TOKEN)
-        + MESSAGE_OVERHEAD * len(body["messages"])
-        + TOOL_OVERHEAD * len(body.get("tools") or ())
-        + IMAGE_TOKENS * _count_images(body)
-    )
+    """A heuristic prompt-size estimate for ``count_tokens`` when the backend cannot tokenize:
+    forge's one estimate (:mod:`forge_core.tokens`) of the request as the backend gets it."""
+    return tokens.estimate_tokens(to_openai_request(req))

@@ -12,6 +12,7 @@ from forge_core.turns import (
     AssistantTurn,
     Finished,
     KeepAlive,
+    Note,
     ReasoningDelta,
     StreamEvent,
     TextDelta,
@@ -250,6 +251,8 @@ class OpenAIStreamEmitter:
                 return b"".join(sse.data_line(c) for c in self._chunks.tool_call(index, call))
             case KeepAlive():
                 return sse.KEEPALIVE
+            case Note():
+                return b""  # the guardrails' bookkeeping, not content
             case Finished(finish_reason=reason, usage=usage):
                 out = sse.data_line(self._chunks.finish(reason))
                 # A backend that reported no usage gets no usage chunk: zeros would read as exact.

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from forge_core import tokens
 from forge_core.errors import InvalidRequest
 from forge_core.wire.anthropic import (
     estimate_tokens,
     openai_tools_from,
     parse_count_tokens_request,
     parse_messages_request,
-    render_for_count,
     to_openai_request,
 )
 
@@ -436,7 +436,7 @@ def test_sampling_fields_and_stop_sequences_pass() -> None:
 # --- token estimate ------------------------------------------------------------------------------
 
 
-def test_render_for_count_includes_calls_and_tools_but_not_image_data() -> None:
+def test_the_estimate_measures_calls_and_tools_but_not_image_data() -> None:
     body = to_openai_request(
         parse_count_tokens_request(
             {
@@ -467,9 +467,11 @@ def test_render_for_count_includes_calls_and_tools_but_not_image_data() -> None:
             }
         )
     )
-    text = render_for_count(body)
-    assert "look" in text and '{"q":1}' in text and '"name":"zap"' in text
-    assert "ZZZ" not in text
+    size = tokens.measure(body)
+    # "look" + "zap" + '{"q":1}' + the tool's compact JSON; the image counts as an image.
+    tool = len(json.dumps(body["tools"][0]["function"], separators=(",", ":")))
+    assert size.text_bytes == 4 + 3 + 7 + tool
+    assert (size.messages, size.tools, size.images) == (2, 1, 1)
 
 
 def test_estimate_grows_with_text_tools_and_images() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from forge_core import budget, cli
+from forge_core import budget, cli, tokens
 from forge_core.backend import BackendSpec
 from forge_core.budget import (
     ContextBudget,
@@ -237,9 +237,10 @@ async def test_without_exact_count_only_plain_excess_is_rejected() -> None:
     async def unknown(body: dict[str, Any]) -> None:
         return None
 
-    # 20000 chars: ~5000 tokens at 4 chars/token, but only ~3333 at 6: not plainly over 4096.
-    assert await check_prompt(_body(20000), 4096, unknown) == 5000
-    with pytest.raises(ContextExceeded, match="about 7500 tokens .* 4096"):
+    # 20000 chars: ~5000 tokens at 4 chars/token, but only ~3333 at 6: not plainly over 4096
+    # (each figure plus the one message's template overhead, 4).
+    assert await check_prompt(_body(20000), 4096, unknown) == 5004
+    with pytest.raises(ContextExceeded, match="about 7504 tokens .* 4096"):
         await check_prompt(_body(30000), 4096, unknown)
 
 
@@ -253,7 +254,7 @@ def test_estimate_counts_tools_and_tool_calls() -> None:
     body["messages"].append({"role": "assistant", "content": None, "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}" + " " * 400}}
     ]})
-    assert budget.prompt_chars(body) > 800
+    assert tokens.measure(body).text_bytes > 800
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -268,7 +269,7 @@ async def test_app_answers_400_naming_both_numbers(stream: bool) -> None:
         assert response.status_code == 400
         error = response.json()["error"]
         assert error["code"] == "context_length_exceeded"
-        assert "2500 tokens" in error["message"] and "1024 tokens" in error["message"]
+        assert "2504 tokens" in error["message"] and "1024 tokens" in error["message"]
         anthropic = await http.post("/v1/messages", json={
             "model": "fake-model", "max_tokens": 10, "stream": stream,
             "messages": [{"role": "user", "content": "word " * 2000}],

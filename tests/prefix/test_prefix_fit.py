@@ -12,6 +12,7 @@ import pytest
 from forge_core.budget import ContextBudget, fit_request
 from forge_core.errors import ContextExceeded
 from forge_core.testing import ScriptedBackend, build_state, chat, forge_client, reply_text
+from forge_core.tokens import MESSAGE_OVERHEAD
 
 BUDGET = 1000
 
@@ -43,9 +44,10 @@ def test_both_token_fields_are_clamped_and_absent_ones_stay_absent() -> None:
 
 
 def test_without_an_exact_count_the_prompt_is_estimated_densely() -> None:
-    # 900 characters: ~225 tokens at 4 per token, 300 at the dense 3 used for the clamp.
+    # 900 characters: ~225 tokens at 4 per token, 300 at the dense 3 used for the clamp,
+    # plus the message's template overhead.
     out, note = fit(chat("y" * 900, max_tokens=32000), count=None)
-    assert out["max_tokens"] == BUDGET - 300 and note
+    assert out["max_tokens"] == BUDGET - 300 - MESSAGE_OVERHEAD and note
 
 
 def test_a_request_that_fits_is_left_alone_without_counting() -> None:
@@ -93,15 +95,17 @@ def run(path: str, body: dict[str, Any], budget: int | None = BUDGET) -> Any:
 def test_an_agent_sized_max_tokens_reaches_the_backend_clamped_and_noted(stream: bool) -> None:
     response, sent = run("/v1/chat/completions", chat("a" * 300, max_tokens=32000, stream=stream))
     assert response.status_code == 200
-    assert sent[0]["max_tokens"] == BUDGET - 100
-    assert "max-tokens-clamped:900" in response.headers["x-forge-guardrail"]
+    room = BUDGET - 100 - MESSAGE_OVERHEAD  # 300 dense characters and one message
+    assert sent[0]["max_tokens"] == room
+    assert f"max-tokens-clamped:{room}" in response.headers["x-forge-guardrail"]
 
 
 def test_an_anthropic_request_is_clamped_too() -> None:
     body = {"model": "fake-model", "max_tokens": 128000,
             "messages": [{"role": "user", "content": "a" * 300}]}
     response, sent = run("/v1/messages", body)
-    assert response.status_code == 200 and sent[0]["max_tokens"] == BUDGET - 100
+    assert response.status_code == 200
+    assert sent[0]["max_tokens"] == BUDGET - 100 - MESSAGE_OVERHEAD
 
 
 def test_a_prompt_over_the_budget_gets_a_clear_400_in_each_shape() -> None:

@@ -11,9 +11,9 @@ from forge_anthropic.decode import StreamDecoder, turn_from_message
 from forge_ollama.ndjson import NDJSONDecoder
 from forge_ollama.translate import canonical_arguments, to_ollama_request
 
-from forge_core.budget import prompt_chars
 from forge_core.errors import BackendProtocolError, InvalidRequest
 from forge_core.openai_client import content_text, parse_chunk, parse_completion, parse_usage
+from forge_core.tokens import measure
 from forge_core.turns import AssistantTurn, ToolCall
 from forge_core.wire import jsonio
 from forge_core.wire.anthropic import compact_json, to_anthropic_message, tool_input_json
@@ -218,7 +218,7 @@ def test_client_text_parts_must_hold_strings() -> None:
     ],
 )
 def test_budget_counting_survives_any_shape(message: Any) -> None:
-    chars = prompt_chars({"messages": [message, {"role": "user", "content": "hello"}]})
+    chars = measure({"messages": [message, {"role": "user", "content": "hello"}]}).text_bytes
     assert chars == 5 + (3 if message == {"role": "user", "content": [7, None, "abc"]} else 0)
 
 

@@ -284,11 +284,8 @@ class OllamaClient(BackendClient):
         )
 
     def _wire_model(self, body: Mapping[str, Any]) -> str:
-        requested = body.get("model")
+        requested = body.get("model")  # the wire name when the app knew the model
         if isinstance(requested, str) and requested:
-            for identity in self._identities:
-                if requested in identity.names:
-                    return identity.wire_name
             return self._match_installed(requested) or requested
         if self._model:
             return self._model

@@ -235,7 +235,7 @@ class VllmClient(OpenAIWireClient):
     async def count_tokens(self, body: dict[str, Any]) -> int | None:
         """Exact prompt tokens from vLLM's ``/tokenize``, rendered with its chat template."""
         request: dict[str, Any] = {
-            "model": self.wire_name(body.get("model")),
+            "model": body.get("model"),  # the wire name: the app mapped it
             "messages": body.get("messages") or [],
         }
         for key in ("tools", "chat_template_kwargs"):

@@ -13,10 +13,19 @@ import json
 from typing import Any
 
 import pytest
-from vllm_replay import SERVED, FakeVllm, external_client, recording, weather_tool, with_flags
+from vllm_replay import (
+    SERVED,
+    FakeVllm,
+    external_client,
+    recording,
+    vllm_spec,
+    weather_tool,
+    with_flags,
+)
 
 from forge_core.backend import BackendRequest
 from forge_core.errors import BackendHTTPError
+from forge_core.testing import forge_in_front_of
 from forge_core.turns import BackendChunk
 
 
@@ -248,10 +257,14 @@ async def test_llama_cpp_repeat_penalty_becomes_vllm_repetition_penalty() -> Non
 
 
 async def test_short_key_is_sent_as_the_served_wire_name() -> None:
+    # The client names the model by its short key; forge maps it once (in the app) to the
+    # name vLLM serves, which vLLM needs verbatim (it answers 404 to anything else).
     fake = FakeVllm(with_flags("text"))
-    client = external_client(fake, model="/models/smollm2-135m")
-    await client.complete(request_of("text", model="smollm2-135m"))
-    await client.aclose()
+    client = external_client(fake, model="/models/smollm2-135m")  # as configured, not started
+    async with forge_in_front_of(client, vllm_spec(), start=False) as http:
+        r = await http.post("/v1/chat/completions", json={
+            "model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
     assert fake.chat_bodies()[-1]["model"] == "/models/smollm2-135m"
 
 

@@ -11,9 +11,10 @@ import httpx
 import pytest
 from forge_vllm.client import VllmClient
 from forge_vllm.readiness import TOOL_FLAGS, interpret_probe, probe_body
-from vllm_replay import SERVED, FakeVllm, external_client, recording, with_flags
+from vllm_replay import SERVED, FakeVllm, external_client, recording, vllm_spec, with_flags
 
-from forge_core.backend import BackendRequest, BackendSettings
+from forge_core.backend import BackendSettings
+from forge_core.testing import forge_in_front_of
 
 NO_FLAGS = {
     ("GET", "/v1/models"): "noflags_models",
@@ -123,12 +124,13 @@ async def test_external_mode_adopts_the_served_name() -> None:
 async def test_configured_model_matching_by_key_adopts_the_served_identity(configured: str) -> None:
     fake = FakeVllm(with_flags("text"))
     client = external_client(fake, model=configured)
-    await client.start()
-    await client.complete(
-        BackendRequest(body={"model": configured, "messages": [{"role": "user", "content": "hi"}]})
-    )
-    await client.aclose()
-    assert [m.wire_name for m in client.models()] == [SERVED]
+    async with forge_in_front_of(client, vllm_spec()) as http:
+        # Clients use the names forge lists (the served identity's), as /v1/models shows them.
+        listed = [m["id"] for m in (await http.get("/v1/models")).json()["data"]]
+        r = await http.post("/v1/chat/completions", json={
+            "model": listed[0], "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert [m.wire_name for m in client.models()] == [SERVED] == listed
     assert fake.chat_bodies()[-1]["model"] == SERVED
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 from forge_vllm.client import VllmClient
+from forge_vllm.plugin import forge_register_backends
 
-from forge_core.backend import BackendSettings
+from forge_core.backend import BackendSettings, BackendSpec
 
 FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "vllm"
 SERVED = "smollm2-135m"  # the --served-model-name of the recordings
@@ -114,6 +115,13 @@ def external_client(
         backend_url="http://vllm.test:8000", model=model, timeout=30.0, options=options
     )
     return VllmClient(settings, transport=fake.transport)
+
+
+def vllm_spec() -> BackendSpec:
+    """The spec the plugin registers (as ``forge serve --plugin vllm`` loads it)."""
+    specs: list[BackendSpec] = []
+    forge_register_backends(specs.append)
+    return specs[0]
 
 
 def weather_tool() -> dict[str, Any]:
