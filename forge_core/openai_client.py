@@ -155,6 +155,7 @@ class OpenAIWireClient(BackendClient):
                     )
                 lines = response.aiter_lines()
                 events = 0
+                finished = False
                 other: list[str] = []  # what came instead of events, for the error message
                 async for line in lines:
                     if not line.startswith("data:"):
@@ -173,9 +174,18 @@ class OpenAIWireClient(BackendClient):
                         # whole payload (a plugin may read more than the shortened detail).
                         raise self.http_error(500, payload) from None
                     if chunk is not None:
+                        finished = finished or chunk.finish_reason is not None
                         yield chunk
                 if not events:
                     raise self.no_events_error(response, "\n".join(other))
+                if not finished:
+                    # Neither [DONE] nor a finish_reason: the server or a proxy cut the answer
+                    # (a crash, a restart, an idle timeout), which is not a complete answer.
+                    raise BackendProtocolError(
+                        self.name,
+                        f"ended the stream before the answer was finished ({events} events, "
+                        "no finish_reason, no [DONE])",
+                    )
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
 
