@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from forge_core.errors import BackendTimeout, BackendUnavailable
+from forge_core.wire import jsonio
 
 log = logging.getLogger("forge.managed")
 
@@ -341,8 +342,8 @@ def _loading_what(argv: Sequence[str]) -> str:
 def _detail(answer: httpx.Response) -> str:
     """llama-server answers 503 ``{"error": {"message": "Loading model"}}`` while loading."""
     try:
-        data = answer.json()
-    except ValueError:
+        data = jsonio.loads(answer.content)
+    except ValueError:  # jsonio.JSONRejected is a ValueError
         return ""
     error = data.get("error") if isinstance(data, dict) else None
     message = error.get("message") if isinstance(error, dict) else None

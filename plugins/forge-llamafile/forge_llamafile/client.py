@@ -17,6 +17,7 @@ from forge_core.guardrails.unparsed import UnparsedOutput
 from forge_core.managed import ManagedProcess, free_port
 from forge_core.openai_client import OpenAIWireClient
 from forge_core.prompt_tools import to_prompt_body
+from forge_core.wire import jsonio
 from forge_llamafile import launch
 from forge_llamafile.constrain import constrained_body
 from forge_llamafile.unparsed import unparsed_text
@@ -226,20 +227,28 @@ class LlamafileClient(OpenAIWireClient):
         try:
             rendered = await self._http.post(
                 "/apply-template",
-                json={"messages": body.get("messages", []), "tools": body.get("tools")},
+                content=jsonio.dumps_bytes(
+                    {"messages": body.get("messages", []), "tools": body.get("tools")}
+                ),
+                headers=_JSON_HEADERS,
                 timeout=10.0,
             )
-            prompt = rendered.json().get("prompt") if rendered.status_code == 200 else None
+            answer = jsonio.loads(rendered.content) if rendered.status_code == 200 else None
+            prompt = answer.get("prompt") if isinstance(answer, dict) else None
             if not isinstance(prompt, str):
                 return None
-            tokens = await self._http.post("/tokenize", json={"content": prompt}, timeout=10.0)
-            data = tokens.json() if tokens.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
+            tokens = await self._http.post(
+                "/tokenize", content=jsonio.dumps_bytes({"content": prompt}),
+                headers=_JSON_HEADERS, timeout=10.0,
+            )
+            data = jsonio.loads(tokens.content) if tokens.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):  # jsonio.JSONRejected is a ValueError
             return None
         found = data.get("tokens") if isinstance(data, dict) else None
         return len(found) if isinstance(found, list) else None
 
 
+_JSON_HEADERS = {"content-type": "application/json"}
 _STREAMED = (b'"stream":true', b'"stream": true')  # forge writes compact JSON; either form
 
 

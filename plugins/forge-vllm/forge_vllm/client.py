@@ -15,6 +15,7 @@ from forge_core.backend import BackendRequest, BackendSettings, BackendStatus
 from forge_core.errors import BackendError, BackendProtocolError, PluginError
 from forge_core.managed import ManagedProcess, free_port
 from forge_core.openai_client import OpenAIWireClient
+from forge_core.wire import jsonio
 from forge_vllm import launch
 from forge_vllm.identity import derive_identity
 from forge_vllm.readiness import ToolSupport, interpret_probe, probe_body
@@ -243,9 +244,12 @@ class VllmClient(OpenAIWireClient):
                 request[key] = body[key]
         try:
             async with asyncio.timeout(10.0):  # else forge estimates
-                response = await self._http.post("/tokenize", json=request, timeout=10.0)
-            data = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, TimeoutError):
+                response = await self._http.post(
+                    "/tokenize", content=jsonio.dumps_bytes(request),
+                    headers={"content-type": "application/json"}, timeout=10.0,
+                )
+            data = jsonio.loads(response.content) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, TimeoutError):  # JSONRejected is a ValueError
             return None
         count = data.get("count") if isinstance(data, dict) else None
         return count if isinstance(count, int) else None
