@@ -498,15 +498,15 @@ class Engine:
         )
         return Answer(turn, notes)
 
-    def _source(self, request: BackendRequest, streamed: bool) -> AsyncIterator[BackendChunk]:
+    def _reader(self, request: BackendRequest, streamed: bool) -> BackendReader | _WholeReader:
         if streamed:
-            return self._paced(self.client.stream(request))
-        return self._whole(request)
+            return BackendReader(self._paced(self.client.stream(request)))
+        return _WholeReader(self._whole(request))
 
-    async def _whole(self, request: BackendRequest) -> AsyncIterator[BackendChunk]:
+    async def _whole(self, request: BackendRequest) -> BackendChunk:
         """A non-streamed backend answer as the one chunk that holds all of it."""
         turn = await self._bounded(self.client.complete(request))
-        yield BackendChunk(
+        return BackendChunk(
             text=turn.content,
             reasoning=turn.reasoning,
             tool_calls=[
@@ -544,7 +544,7 @@ class Engine:
             sent: list[str] = []
             thought: list[str] = []
             unparsed: UnparsedOutput | None = None
-            reader = BackendReader(self._source(request, streamed))
+            reader = self._reader(request, streamed)
             try:
                 while True:
                     # Not holding, the next chunk is awaited without any timer: prose pays
@@ -614,13 +614,18 @@ class Engine:
                     yield item
                 yield Finished(finish_reason(turn), usage, turn.stop_sequence)
                 return
-            # Off the event loop: rescue and schema validation of a hostile answer or schema
-            # are bounded, but may take far longer than other requests can wait.
+            reasoning = "".join(thought)
+            judge = (
+                self._judge, notes, call, plan, turn, held, parsers, reasoning,
+                unparsed is not None, "".join(sent),
+            )
             with noting(notes.boundary):
-                verdict = await asyncio.to_thread(
-                    self._judge, notes, call, plan, turn, held, parsers, "".join(thought),
-                    unparsed is not None, "".join(sent),
-                )
+                if _small(held, reasoning, turn.tool_calls, plan.index):
+                    verdict = judge[0](*judge[1:])  # type: ignore[operator]
+                else:
+                    # Off the event loop: rescue and schema validation of a hostile answer
+                    # are bounded, but may take longer than other requests can wait.
+                    verdict = await asyncio.to_thread(*judge)  # type: ignore[arg-type]
             if not verdict.problems:
                 piece = shown.show_text(verdict.prose)
                 if piece:
@@ -655,6 +660,30 @@ class Engine:
         for item in notes.take():
             yield item
         yield Finished("stop", usage)
+
+
+class _WholeReader:
+    """The reader of a non-streamed attempt: its one chunk, then the end.
+
+    The backend call is awaited in the engine's own task, as any non-streamed request is:
+    cancelling it (the client left) cancels the HTTP request with it.
+    """
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, answer: Awaitable[BackendChunk]) -> None:
+        self._answer: Awaitable[BackendChunk] | None = answer
+
+    async def next(self, timeout: float | None = None) -> BackendChunk | str:
+        answer, self._answer = self._answer, None
+        return END if answer is None else await answer
+
+    async def aclose(self) -> None:
+        if self._answer is not None:  # never awaited (the loop ended early): no warning
+            close = getattr(self._answer, "close", None)
+            if close is not None:
+                close()
+            self._answer = None
 
 
 class _Notes:
@@ -720,6 +749,22 @@ _NO_TOOLS = ToolIndex([])
 
 BIG_TEXT = 8192
 """Text longer than this is split off the event loop (a flood of markers costs real time)."""
+
+SMALL_TEXT = 512
+"""Held text, reasoning and call arguments up to this size in all are judged on the event
+loop when every offered schema is light (small, no references): the rescue is linear and the
+validation a few thousand evaluations at most, less than a thread hop costs. Anything else
+is judged off the loop."""
+
+
+def _small(held: str, reasoning: str, calls: list[ToolCall], index: ToolIndex) -> bool:
+    size = len(held) + len(reasoning) + sum(len(c.arguments) for c in calls)
+    if size > SMALL_TEXT:
+        return False
+    # With text to rescue from, a call may name any offered tool; else only the called ones.
+    names = index if held.strip() or reasoning.strip() else {c.name for c in calls}
+    return all(index.light(name) for name in names if name in index)
+
 
 YIELD_AFTER = 0.02
 """Seconds a stream may work through already-read chunks before it lets other tasks run."""

@@ -66,6 +66,7 @@ class ToolIndex:
         only when a call is checked: most requests carry no call); None turns the check off."""
         self._tools: dict[str, dict[str, Any]] = {}
         self._validators: dict[str, Validator | None] = {}
+        self._light: dict[str, bool] = {}
         self.notes: dict[str, str] = {}
         """Tool name -> why its schema is not enforced (invalid, unresolvable $ref, ...)."""
         for tool in tools if isinstance(tools, list | tuple) else ():
@@ -108,6 +109,18 @@ class ToolIndex:
             self.notes[name] = note
         return validator
 
+    def light(self, name: str) -> bool:
+        """``name``'s schema is small and has no references: validating a small call against
+        it is a few thousand evaluations at most, quick enough for the event loop. (A
+        reference can multiply the work up to the evaluation budget.)"""
+        if name not in self._light:
+            schema = self.parameters(name)
+            text = _key(schema) if schema is not None else ""
+            self._light[name] = text is not None and len(text) <= LIGHT_SCHEMA and not any(
+                marker in text for marker in _REF_KEYWORDS
+            )
+        return self._light[name]
+
     def give_up_on(self, name: str, note: str) -> None:
         """Stop enforcing ``name``'s schema (it could not be applied to a call)."""
         self._validators[name] = None
@@ -128,6 +141,10 @@ class ToolIndex:
     def __bool__(self) -> bool:
         return bool(self._tools)
 
+
+LIGHT_SCHEMA = 2048
+"""Canonical JSON size up to which a schema without references counts as light."""
+_REF_KEYWORDS = ('"$ref"', '"$dynamicRef"', '"$recursiveRef"')
 
 _COMPILED: OrderedDict[str, tuple[Validator | None, str]] = OrderedDict()
 _COMPILED_MAX = 256

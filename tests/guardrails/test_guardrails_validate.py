@@ -266,3 +266,17 @@ def test_schema_error_wording(schema: dict[str, object], arguments: str, message
     index = ToolIndex([{"name": "t", "parameters": {"type": "object", **schema}}])
     problems = validate_call(_call("t", arguments), index, 0)
     assert [p.message for p in problems] == [f"tool 't': {message}"]
+
+
+def test_light_schemas_are_small_and_free_of_references() -> None:
+    small = {"type": "function", "function": {"name": "small", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    refs = {"type": "function", "function": {"name": "refs", "parameters": {
+        "type": "object", "$defs": {"a": {"type": "string"}},
+        "properties": {"x": {"$ref": "#/$defs/a"}}}}}
+    big = {"type": "function", "function": {"name": "big", "parameters": {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string", "description": "x" * 40} for i in range(60)},
+    }}}
+    index = ToolIndex([small, refs, big])
+    assert [index.light(n) for n in ("small", "refs", "big")] == [True, False, False]
