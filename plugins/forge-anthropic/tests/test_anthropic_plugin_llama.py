@@ -61,7 +61,8 @@ def forge_url(messages_server: str) -> Iterator[str]:
     specs: list[BackendSpec] = []
     forge_register_backends(specs.append)
     spec = specs[0]
-    settings = BackendSettings(backend_url=messages_server, model=MODEL, timeout=300)  # a loaded CI machine decodes slowly
+    # 300 s: a loaded CI machine decodes slowly
+    settings = BackendSettings(backend_url=messages_server, model=MODEL, timeout=300)
     client = AnthropicClient(settings, environ={})  # a local server needs no key
     config = ServeConfig(
         backend=settings,
