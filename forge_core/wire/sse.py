@@ -29,6 +29,61 @@ def event(name: str, payload: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {dumps(payload)}\n\n".encode()
 
 
+MAX_LINE = 32 * 1024 * 1024
+"""Bytes a backend's SSE line may take at most (a tool call's arguments arrive in one)."""
+
+
+class LineTooLong(ValueError):
+    """A backend sent more than :data:`MAX_LINE` bytes without a line break."""
+
+
+class Lines:
+    """A backend stream's bytes cut into lines (``\n``, ``\r\n`` or ``\r``), as bytes.
+
+    Reading bytes and cutting them here costs less than httpx's text decoding and line
+    iterator, and a multi-byte character can never be cut: lines end at ASCII bytes. A
+    ``\r\n`` split across two reads gives one extra blank line, which SSE ignores.
+    """
+
+    __slots__ = ("_parts", "_size", "_limit")
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines ``data`` completes (maybe none)."""
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in data:
+            self._keep(data)
+            return []
+        if self._parts:
+            data = b"".join(self._parts) + data
+            self._parts.clear()
+            self._size = 0
+        *lines, rest = data.split(b"\n")
+        if rest:
+            self._keep(rest)
+        return lines
+
+    def flush(self) -> list[bytes]:
+        """The unterminated last line, if any."""
+        if not self._parts:
+            return []
+        line = b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        return [line]
+
+    def _keep(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            raise LineTooLong(f"sent more than {self._limit} bytes without a line break")
+        self._parts.append(data)
+
+
 MAX_BATCH = 64 * 1024
 """Bytes a :class:`Coalescer` gathers at most before its producer waits for the sender."""
 
