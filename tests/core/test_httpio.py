@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from forge_core import httpio
-from forge_core.wire.sse import LineTooLong, Lines
+from forge_core.wire.sse import Lines, LineTooLong
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -169,14 +169,17 @@ async def test_a_slow_reader_stops_the_socket_being_read() -> None:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
 
-    async with raw_server(handler) as url, client() as http:
-        async with http.stream("POST", url + "/", content=b"{}") as response:
-            await asyncio.sleep(0.3)
-            buffered = response.extensions["network_stream"]._protocol.size
-            assert 0 < buffered <= 2 * httpio.READ_AHEAD  # paused, not 16 MB
-            total = 0
-            async for part in response.aiter_raw():
-                total += len(part)
+    async with (
+        raw_server(handler) as url,
+        client() as http,
+        http.stream("POST", url + "/", content=b"{}") as response,
+    ):
+        await asyncio.sleep(0.3)
+        buffered = response.extensions["network_stream"]._protocol.size
+        assert 0 < buffered <= 2 * httpio.READ_AHEAD  # paused, not 16 MB
+        total = 0
+        async for part in response.aiter_raw():
+            total += len(part)
     assert total == size
 
 
