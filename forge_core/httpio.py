@@ -111,7 +111,12 @@ class _Stream(httpcore.AsyncNetworkStream):
             await self._wait(timeout, httpcore.ReadTimeout)
             if not protocol.chunks:
                 return self._at_eof()
-        data = protocol.chunks.popleft()
+        chunks = protocol.chunks
+        if len(chunks) > 1 and protocol.size <= max_bytes:
+            data = b"".join(chunks)  # all that arrived: one parse, one pass down the stack
+            chunks.clear()
+        else:
+            data = chunks.popleft()
         if len(data) > max_bytes:
             protocol.chunks.appendleft(data[max_bytes:])
             data = data[:max_bytes]
