@@ -313,17 +313,19 @@ def _set_options(
             sock.setsockopt(*option)
 
 
-def transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """``httpx.AsyncHTTPTransport(limits=limits)`` on :class:`AsyncioBackend`.
+def transport(
+    limits: httpx.Limits, verify: ssl.SSLContext | bool = True
+) -> httpx.AsyncHTTPTransport:
+    """``httpx.AsyncHTTPTransport(limits=limits, verify=verify)`` on :class:`AsyncioBackend`.
 
     httpx has no argument for the network backend, so its pool is rebuilt with the same
     settings; should a future httpx arrange its transport differently, the transport is
     returned as httpx built it (slower, never wrong).
     """
-    built = httpx.AsyncHTTPTransport(limits=limits)
+    built = httpx.AsyncHTTPTransport(limits=limits, verify=verify)
     if type(getattr(built, "_pool", None)) is httpcore.AsyncConnectionPool:
         built._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=httpx.create_ssl_context(verify=verify),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -181,6 +185,42 @@ async def test_a_slow_reader_stops_the_socket_being_read() -> None:
         async for part in response.aiter_raw():
             total += len(part)
     assert total == size
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_https_goes_through_the_tls_handshake_and_verifies(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                _, body = await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert))
+    limits = httpx.Limits(max_keepalive_connections=2)
+    try:
+        async with httpx.AsyncClient(transport=httpio.transport(limits, trusted)) as http:
+            for i in range(2):  # the second on the same TLS connection
+                r = await http.post(f"https://localhost:{port}/", content=b"hi %d" % i)
+                assert r.content == b"hi %d" % i
+        async with httpx.AsyncClient(transport=httpio.transport(limits)) as http:
+            with pytest.raises(httpx.ConnectError):  # not signed by a known authority
+                await http.post(f"https://localhost:{port}/", content=b"x")
+    finally:
+        server.close()
 
 
 def test_lines_cut_on_every_line_ending_and_across_reads() -> None:
