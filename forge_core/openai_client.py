@@ -49,6 +49,9 @@ class OpenAIWireClient(BackendClient):
     chat_path = "/v1/chat/completions"
     models_path = "/v1/models"
     health_path = "/v1/models"
+    close_after_stream = False
+    """Send streamed completions with ``Connection: close``, for a server that cannot serve
+    another request on a connection after a stream (llama-server)."""
 
     def __init__(
         self,
@@ -149,7 +152,7 @@ class OpenAIWireClient(BackendClient):
                 return identity.wire_name
         return self._identities[0].wire_name if self._identities else (requested or "")
 
-    async def _post(self, body: bytes) -> httpx.Response:
+    async def _post(self, body: bytes, stream: bool = False) -> httpx.Response:
         """POST ``body`` to the chat path; the answer's body is still to be read (and the
         response closed) by the caller.
 
@@ -161,15 +164,16 @@ class OpenAIWireClient(BackendClient):
         base = http.base_url
         if base is not self._chat_base:  # the URL the client would build, computed once
             self._chat_base, self._chat_url = base, http.build_request("POST", self.chat_path).url
+        headers = _JSON_CLOSE if stream and self.close_after_stream else _JSON
         if self._direct is None or self._chat_url.userinfo or self._chat_url.query:
             # Basic auth from the URL's userinfo and query merging are the client's work.
-            request = http.build_request("POST", self.chat_path, content=body, headers=_JSON)
+            request = http.build_request("POST", self.chat_path, content=body, headers=headers)
             return await http.send(request, stream=True)
         request = httpx.Request(
             "POST", self._chat_url, headers=http.headers, content=body,
             extensions={"timeout": http.timeout.as_dict()},
         )
-        request.headers["Content-Type"] = "application/json"
+        request.headers.update(headers)
         hooks = self._http.event_hooks
         for hook in hooks["request"]:
             await hook(request)
@@ -201,7 +205,7 @@ class OpenAIWireClient(BackendClient):
     async def stream(self, request: BackendRequest) -> AsyncIterator[BackendChunk]:
         body = self.prepare_body(request, stream=True)
         try:
-            response = await self._post(_dumps(body))
+            response = await self._post(_dumps(body), stream=True)
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
         try:
@@ -296,6 +300,7 @@ class OpenAIWireClient(BackendClient):
 
 
 _JSON = {"Content-Type": "application/json"}
+_JSON_CLOSE = {**_JSON, "Connection": "close"}
 
 DRAIN_TIMEOUT = 1.0
 """Seconds to wait for the end of a stream's body after ``[DONE]``."""
