@@ -416,7 +416,9 @@ class _ClosingStream(StreamingResponse):
     """A stream that always releases its slot and backend stream, even if never iterated.
 
     Its pieces go through a :class:`~forge_core.wire.sse.Coalescer`: those ready at the same
-    moment leave in one write, and none waits for another.
+    moment leave in one write, and none waits for another. A client that goes away stops the
+    coalescer's producer (and so the engine and the backend request); unlike starlette's own
+    streaming response this takes one watcher task, not an anyio task group with two.
     """
 
     def __init__(self, content: AsyncIterator[bytes], stack: AsyncExitStack, **kw: Any) -> None:
@@ -425,27 +427,40 @@ class _ClosingStream(StreamingResponse):
         self._coalescer: sse.Coalescer | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        coalescer = self._coalescer = sse.Coalescer(self.body_iterator)  # type: ignore[arg-type]
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            coalescer.cancel()  # the client left: the sender sees the end at its next take
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
         finally:
-            # Out here no cancelled scope interrupts the wait: the producer has finished with
-            # the engine's stream before the stack closes it.
+            watcher.cancel()
+            # The producer has finished with the engine's stream before the stack closes it.
             try:
-                if self._coalescer is not None:
-                    await self._coalescer.aclose()
+                await coalescer.aclose()
             finally:
                 await self._stack.aclose()
 
     async def stream_response(self, send: Send) -> None:
+        coalescer = self._coalescer
+        assert coalescer is not None
         await send(
             {"type": "http.response.start", "status": self.status_code,
              "headers": self.raw_headers}
         )
-        coalescer = self._coalescer = sse.Coalescer(self.body_iterator)  # type: ignore[arg-type]
         done = False
         try:
             while not done:
-                data, done = await coalescer.take()
+                try:
+                    data, done = await coalescer.take()
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise  # this task is being cancelled, not just the producer
+                    return  # the client went away: nothing more to send
                 if data or done:
                     await send({"type": "http.response.body", "body": data, "more_body": not done})
         finally:

@@ -37,6 +37,14 @@ def derive_identity(served_name: str) -> ModelIdentity:
 
 class LlamafileClient(OpenAIWireClient):
     health_path = "/health"
+    # llama-server serves nothing more on a connection after a streamed response although it
+    # advertised keep-alive (``Keep-Alive: timeout=5, max=100``): its chunked content provider
+    # returns ``false`` after ``sink.done()``, which cpp-httplib takes for a cancelled write,
+    # so the keep-alive loop ends. No server option changes that (checked with the bundled
+    # build and llama.cpp master); reusing the connection fails the next request with "Server
+    # disconnected without sending a response". A new loopback connection costs far less than
+    # that 502. Non-streamed requests keep their pooled connection.
+    close_after_stream = True
 
     def __init__(
         self, settings: BackendSettings, transport: httpx.AsyncBaseTransport | None = None
@@ -93,7 +101,6 @@ class LlamafileClient(OpenAIWireClient):
             derive_identity=derive_identity,
             transport=transport,
         )
-        self._http.event_hooks["request"].append(_close_after_stream)
         self.context_size: int | None = None
         self.n_ctx_train: int | None = None
 
@@ -249,20 +256,3 @@ class LlamafileClient(OpenAIWireClient):
 
 
 _JSON_HEADERS = {"content-type": "application/json"}
-_STREAMED = (b'"stream":true', b'"stream": true')  # forge writes compact JSON; either form
-
-
-async def _close_after_stream(request: httpx.Request) -> None:
-    """Ask for a fresh connection per streamed completion.
-
-    llama-server serves nothing more on a connection after a streamed response although it
-    advertised keep-alive (``Keep-Alive: timeout=5, max=100``): its chunked content provider
-    returns ``false`` after ``sink.done()``, which cpp-httplib takes for a cancelled write, so
-    the keep-alive loop ends. No server option changes that (checked with the bundled build);
-    reusing the connection fails the next request with "Server disconnected without sending a
-    response". A new loopback connection costs far less than that 502. Non-streamed requests
-    keep their pooled connection.
-    """
-    if request.method == "POST" and any(s in request.content for s in _STREAMED):
-        request.headers["Connection"] = "close"
-

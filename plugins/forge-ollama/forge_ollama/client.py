@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from forge_core import httpio
 from forge_core.backend import (
     BackendClient,
     BackendRequest,
@@ -127,7 +128,9 @@ class OllamaClient(BackendClient):
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-            transport=transport,
+            # httpx's default limits, on forge's network backend (forge_core/httpio.py)
+            transport=transport
+            or httpio.transport(httpx.Limits(max_connections=100, max_keepalive_connections=20)),
         )
 
     # --- BackendClient ----------------------------------------------------------------------
