@@ -247,6 +247,12 @@ def _echo_hooks(table: list[dict[str, Any]]) -> None:
     "a backticked tool name, code calling it) as a failed call.",
 )
 @click.option(
+    "--tool-relevance", type=click.Choice(["on", "off"]), default="on", show_default=True,
+    help="Rank the tools by how clearly the user's last message asks for each (words of their "
+    "names, descriptions, parameters): under auto (with --auto-intent on) prose answering such "
+    "a request is retried as a failed call; a constrained retry targets the tool asked for.",
+)
+@click.option(
     "--inject-respond-tool", is_flag=True,
     help="Offer the model a respond(message) tool for prose answers (hidden from clients).",
 )
@@ -405,6 +411,7 @@ def build_config(
             placeholder_check=not opts.get("no_placeholder_check", False),
             inject_respond_tool=opts["inject_respond_tool"],
             auto_intent=opts.get("auto_intent", "on") == "on",
+            auto_relevance=opts.get("tool_relevance", "on") == "on",
             keepalive_interval=opts["keepalive_interval"],
         ),
         max_concurrency=1 if serialize else 0,

@@ -25,7 +25,7 @@ from forge_core.backend import BackendClient, BackendRequest, BackendSpec
 from forge_core.config import GuardrailSettings
 from forge_core.deadline import Deadlines
 from forge_core.errors import BackendHTTPError
-from forge_core.guardrails import intent
+from forge_core.guardrails import intent, relevance
 from forge_core.guardrails.attempt import (
     CallAssembler,
     Splitter,
@@ -67,7 +67,7 @@ log = logging.getLogger("forge.guardrails")
 
 FALLBACK = "[forge] The model did not produce a valid tool call: "
 """Start of the answer when retries are exhausted and the model wrote no text at all."""
-_PROSE_KINDS = frozenset({"no_tool_call", "tool_intent"})
+_PROSE_KINDS = frozenset({"no_tool_call", "tool_intent", "tool_expected"})
 """Failures of an answer that is prose, not a broken call."""
 _CUT_MESSAGE = "the answer was cut off by max_tokens inside a tool call"
 _UNPARSED_MESSAGE = "the backend could not read the answer as a tool call"
@@ -115,6 +115,12 @@ class _Plan:
     """Under auto, before any tool result: prose that tries to use a tool is a failed call."""
     asked: frozenset[str] = frozenset()
     """Tools the last user message names itself: mentioning them is no sign of intent."""
+    expected: tuple[str, ...] = ()
+    """Under auto, before any tool result: the tools the last user message clearly asks for
+    (guardrails/relevance.py); a prose answer is then a failed call."""
+    preferred: tuple[str, ...] = ()
+    """The tools the request asks for, whatever the choice: what a constrained retry targets
+    when nothing more precise decides."""
     active: bool = True
     """Calls are allowed: the request has tools and tool_choice is not "none". Otherwise any
     call the backend still returns is judged against no tools at all (never passed on)."""
@@ -203,6 +209,11 @@ class Engine:
             and bool(self.parsers)
             and intent.applies(messages)
         )
+        preferred = (
+            relevance.asked_for(messages, call.tools)
+            if active and self.settings.auto_relevance
+            else ()
+        )
         return _Plan(
             index=index,
             names=index.names | {RESPOND_TOOL_NAME} if respond else index.names,
@@ -215,6 +226,8 @@ class Engine:
             and self.spec.capabilities.constrained_decoding,
             intent=auto_intent,
             asked=intent.asked_about(messages, index.names) if auto_intent else frozenset(),
+            expected=preferred if auto_intent else (),
+            preferred=preferred,
             active=active,
         )
 
@@ -259,6 +272,8 @@ class Engine:
                 base["messages"] = _append_retry(
                     call.body["messages"], constrained_history or []
                 )
+            if tool is None and plan.preferred:  # any of the few tools the request asks for
+                base = relevance.only_tools(base, plan.preferred)
             try:
                 strengthened = self.client.constrain_retry(base, tool)
             except Exception:  # a plugin bug must not lose the request: retry unconstrained
@@ -288,7 +303,9 @@ class Engine:
         for problem in problems:
             if problem.kind != "unknown_tool" and problem.tool and problem.tool in plan.index:
                 return problem.tool
-        return next(iter(plan.index)) if len(plan.index) == 1 else None
+        if len(plan.index) == 1:
+            return next(iter(plan.index))
+        return plan.preferred[0] if len(plan.preferred) == 1 else None
 
     # --- judging one answer ---------------------------------------------------------------
 
@@ -305,7 +322,7 @@ class Engine:
     ) -> Splitter | intent.GatedSplitter:
         if not plan.guarded:
             return Splitter("pass")
-        if plan.required or attempt > 0:
+        if plan.required or plan.expected or attempt > 0:
             return Splitter("all")
         inner = Splitter("scan", parsers, plan.names) if parsers else Splitter("pass")
         if plan.intent:  # prose that may be tool intent waits for the verdict
@@ -377,7 +394,7 @@ class Engine:
             return [Problem("unparsed", None, None, _UNPARSED_MESSAGE)]
         name = intent.find_intent(text, plan.index.names, plan.asked) if plan.intent else None
         if name is None:
-            return []
+            return [relevance.expected_problem(plan.expected)] if plan.expected else []
         return [
             Problem(
                 "tool_intent",
