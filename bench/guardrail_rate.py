@@ -103,6 +103,32 @@ MODES: dict[str, Mode] = {
             ["--retry-context", "feedback", "--constrain-with", "grammar"], "required",
         ),
         Mode(
+            "auto-signals",
+            "forge, auto: tool intent from signals in the answer only (no tool relevance)",
+            ["--tool-relevance", "off"], "auto",
+        ),
+        Mode(
+            "auto-decide",
+            "forge, auto: also a decision retry (a call or respond()) for refusals and "
+            "descriptions",
+            ["--auto-intent", "decide"], "auto",
+        ),
+        Mode(
+            "required-no-relevance",
+            "forge, required: constrained retries among several tools offer them all",
+            ["--tool-relevance", "off"], "required",
+        ),
+        Mode(
+            "grammar-plain",
+            "forge defaults, required, the grammar without placeholder exclusion",
+            ["--constrain-with", "grammar-plain"], "required",
+        ),
+        Mode(
+            "auto-grammar-plain",
+            "forge defaults, auto, the grammar without placeholder exclusion",
+            ["--constrain-with", "grammar-plain"], "auto",
+        ),
+        Mode(
             "no-placeholder",
             "forge defaults, required, placeholder check off",
             ["--no-placeholder-check"], "required",

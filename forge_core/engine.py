@@ -25,7 +25,7 @@ from forge_core.backend import BackendClient, BackendRequest, BackendSpec
 from forge_core.config import GuardrailSettings
 from forge_core.deadline import Deadlines
 from forge_core.errors import BackendHTTPError
-from forge_core.guardrails import intent, relevance
+from forge_core.guardrails import decision, intent, relevance
 from forge_core.guardrails.attempt import (
     CallAssembler,
     Splitter,
@@ -67,7 +67,7 @@ log = logging.getLogger("forge.guardrails")
 
 FALLBACK = "[forge] The model did not produce a valid tool call: "
 """Start of the answer when retries are exhausted and the model wrote no text at all."""
-_PROSE_KINDS = frozenset({"no_tool_call", "tool_intent", "tool_expected"})
+_PROSE_KINDS = frozenset({"no_tool_call", "tool_intent", "tool_expected", "tool_decision"})
 """Failures of an answer that is prose, not a broken call."""
 _CUT_MESSAGE = "the answer was cut off by max_tokens inside a tool call"
 _UNPARSED_MESSAGE = "the backend could not read the answer as a tool call"
@@ -121,6 +121,9 @@ class _Plan:
     preferred: tuple[str, ...] = ()
     """The tools the request asks for, whatever the choice: what a constrained retry targets
     when nothing more precise decides."""
+    decide: bool = False
+    """Under auto with ``--auto-intent decide``: a refusal or description gets a retry
+    constrained to a call or respond() (guardrails/decision.py)."""
     active: bool = True
     """Calls are allowed: the request has tools and tool_choice is not "none". Otherwise any
     call the backend still returns is judged against no tools at all (never passed on)."""
@@ -209,6 +212,9 @@ class Engine:
             and bool(self.parsers)
             and intent.applies(messages)
         )
+        decide = (
+            auto_intent and self.settings.auto_decide and RESPOND_TOOL_NAME not in index
+        )
         preferred = (
             relevance.asked_for(messages, call.tools)
             if active and self.settings.auto_relevance
@@ -216,7 +222,7 @@ class Engine:
         )
         return _Plan(
             index=index,
-            names=index.names | {RESPOND_TOOL_NAME} if respond else index.names,
+            names=index.names | {RESPOND_TOOL_NAME} if respond or decide else index.names,
             guarded=guarded,
             rescue=active and bool(self.parsers),
             required=required,
@@ -228,6 +234,7 @@ class Engine:
             asked=intent.asked_about(messages, index.names) if auto_intent else frozenset(),
             expected=preferred if auto_intent else (),
             preferred=preferred,
+            decide=decide,
             active=active,
         )
 
@@ -274,6 +281,8 @@ class Engine:
                 )
             if tool is None and plan.preferred:  # any of the few tools the request asks for
                 base = relevance.only_tools(base, plan.preferred)
+            if plan.decide and any(p.kind == "tool_decision" for p in problems):
+                tool, base = None, add_respond_tool(base)  # a call, or respond() in prose
             try:
                 strengthened = self.client.constrain_retry(base, tool)
             except Exception:  # a plugin bug must not lose the request: retry unconstrained
@@ -322,7 +331,7 @@ class Engine:
     ) -> Splitter | intent.GatedSplitter:
         if not plan.guarded:
             return Splitter("pass")
-        if plan.required or plan.expected or attempt > 0:
+        if plan.required or plan.expected or plan.decide or attempt > 0:
             return Splitter("all")
         inner = Splitter("scan", parsers, plan.names) if parsers else Splitter("pass")
         if plan.intent:  # prose that may be tool intent waits for the verdict
@@ -371,7 +380,8 @@ class Engine:
                 prose = remaining
                 call.notes.append(f"rescued:{parser}{where}")
         tail = held
-        if plan.respond:
+        responded = plan.decide and any(c.name == RESPOND_TOOL_NAME for c in turn.tool_calls)
+        if plan.respond or plan.decide:
             turn = unwrap_respond(turn)  # a respond() call becomes turn.content
             answer, turn.content = turn.content, ""
             prose, tail = _paragraphs(prose, answer), _paragraphs(tail, answer)
@@ -383,7 +393,7 @@ class Engine:
         allowed = plan.index if plan.active else _NO_TOOLS
         problems = validate_turn(turn, allowed, call.tool_choice) + late
         if not problems and not turn.tool_calls:
-            problems = self._prose_problems(plan, sent + held, unparsed)
+            problems = [] if responded else self._prose_problems(plan, sent + held, unparsed)
         turn.finish_reason = finish_reason(turn)
         return _Verdict(turn, problems, prose, tail)
 
@@ -394,7 +404,9 @@ class Engine:
             return [Problem("unparsed", None, None, _UNPARSED_MESSAGE)]
         name = intent.find_intent(text, plan.index.names, plan.asked) if plan.intent else None
         if name is None:
-            return [relevance.expected_problem(plan.expected)] if plan.expected else []
+            if plan.expected:
+                return [relevance.expected_problem(plan.expected)]
+            return [decision.PROBLEM] if plan.decide and decision.describes(text) else []
         return [
             Problem(
                 "tool_intent",

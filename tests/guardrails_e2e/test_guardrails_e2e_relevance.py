@@ -122,3 +122,52 @@ async def test_required_retry_among_several_tools_targets_the_one_asked_for() ->
     await post(backend, chat(ASKS, tools=TOOLS, tool_choice="required"),
                GuardrailSettings(auto_relevance=False))
     assert grammar_root(backend.requests[1]) == "call-get-weather | call-search"
+
+
+# --- the decision retry (--auto-intent decide) ---------------------------------------------------
+
+REFUSAL = "I'm sorry, I can't access real-time data about umbrellas."
+UMBRELLA = "Do I need an umbrella in Seoul today?"  # no tool's own words: relevance is silent
+DECIDE = GuardrailSettings(auto_decide=True)
+
+
+async def test_decide_retries_a_refusal_with_a_call_or_respond() -> None:
+    answer = '{"name":"get_weather","arguments":{"city":"Seoul"}}'
+    backend = ScriptedBackend().push(reply_text(REFUSAL), reply_text(answer))
+    r = await post(backend, chat(UMBRELLA, tools=TOOLS), DECIDE)
+    assert r.headers["x-forge-guardrail"] == "retry:tool_decision,constrained,rescued:json"
+    [call] = message_calls(r.json()["choices"][0]["message"])
+    assert call["name"] == "get_weather"
+    # Every tool, plus the escape into prose; respond() is described to the model too.
+    retry = backend.requests[1]
+    assert grammar_root(retry) == "call-get-weather | call-search | call-respond"
+    assert "respond" in retry["messages"][0]["content"]
+
+
+async def test_decide_a_respond_answer_is_the_final_prose() -> None:
+    answer = '{"name":"respond","arguments":{"message":"Take one, rain is likely."}}'
+    backend = ScriptedBackend().push(reply_text(REFUSAL), reply_text(answer))
+    r = await post(backend, chat(UMBRELLA, tools=TOOLS), DECIDE)
+    message = r.json()["choices"][0]["message"]
+    assert message["content"] == "Take one, rain is likely." and not message.get("tool_calls")
+    assert len(backend.requests) == 2
+
+
+async def test_decide_streamed_shows_only_the_final_answer() -> None:
+    answer = '{"name":"respond","arguments":{"message":"Take one."}}'
+    backend = ScriptedBackend().push(reply_text(REFUSAL), reply_text(answer))
+    state = llamafile_state(backend, DECIDE)
+    async with forge_client(backend, state=state) as http:
+        r = await http.post(URL, json=chat(UMBRELLA, tools=TOOLS, stream=True))
+    out = assemble(r.text)
+    assert out.content == "Take one." and out.finish_reasons == ["stop"]
+
+
+async def test_decide_leaves_an_answer_alone_and_is_off_by_default() -> None:
+    backend = ScriptedBackend().push(reply_text("Yes, rain is likely in Seoul."))
+    r = await post(backend, chat(UMBRELLA, tools=TOOLS), DECIDE)
+    assert r.json()["choices"][0]["message"]["content"] == "Yes, rain is likely in Seoul."
+    backend = ScriptedBackend().push(reply_text(REFUSAL))
+    r = await post(backend, chat(UMBRELLA, tools=TOOLS))
+    assert r.json()["choices"][0]["message"]["content"] == REFUSAL
+    assert len(backend.requests) == 1
