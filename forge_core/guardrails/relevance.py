@@ -43,7 +43,7 @@ MAX_TOOL_CHARS = 2000
 """The part of each tool's text that is read."""
 
 # English function words, pronouns, auxiliaries and politeness: never evidence.
-_STOP = frozenset("""
+_STOP_WORDS = """
 a about above after again against all also am an and any are as at be because been before
 being below between both but by can could did do does doing done down during each either
 else etc even ever every few for from further had has have having he her here hers herself
@@ -55,17 +55,19 @@ too under until up upon us very via want wants was we were what when where wheth
 while who whom whose why will with within without would yes yet you your yours yourself
 e g eg ie i.e e.g okay ok hey hi hello thanks thank
 zero two three four five six seven eight nine ten hundred thousand
-""".split())
+"""
+_STOP = frozenset(_STOP_WORDS.split())
 
 # Verbs and adjectives that say "do something" without saying what: no evidence of a tool.
-_GENERIC = frozenset("""
+_GENERIC_WORDS = """
 get gets got getting set sets setting make makes made making give gives given giving tell
 tells told show shows showing use uses used using take takes put puts go goes going run
 runs return returns returned current currently latest new next top given specific
 optional optionally another some value values result item items thing things way
 know help try see look find able allow allows provide provides based default true false
-null none string number integer boolean object array type list string
-""".split())
+null none string number integer boolean object array type list
+"""
+_GENERIC = frozenset(_GENERIC_WORDS.split())
 # "list" is generic as a verb ("list the steps") and too common as a noun; "find" and "look"
 # are what every request does. A tool that is *only* such words gets no evidence, by design.
 
