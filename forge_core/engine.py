@@ -305,16 +305,20 @@ class Engine:
     @staticmethod
     def _target_tool(call: ChatCall, plan: _Plan, problems: list[Problem]) -> str | None:
         """The tool a constrained retry should force: the named choice, else the tool the
-        failed call meant, else the only tool; None lets the backend choose among all."""
+        request asks for (of those, the one the failed call meant), else the tool the failed
+        call meant, else the only tool; None lets the backend choose (among the tools the
+        request asks for, if any)."""
         _, named = required_tool(call.tool_choice)
         if named is not None and named in plan.index:
             return named
-        for problem in problems:
-            if problem.kind != "unknown_tool" and problem.tool and problem.tool in plan.index:
-                return problem.tool
-        if len(plan.index) == 1:
-            return next(iter(plan.index))
-        return plan.preferred[0] if len(plan.preferred) == 1 else None
+        meant = relevance.meant_tool(problems, plan.index.names)
+        if plan.preferred:  # the user's own words outweigh a failed attempt's choice
+            if meant in plan.preferred:
+                return meant
+            return plan.preferred[0] if len(plan.preferred) == 1 else None
+        if meant is not None:
+            return meant
+        return next(iter(plan.index)) if len(plan.index) == 1 else None
 
     # --- judging one answer ---------------------------------------------------------------
 

@@ -208,6 +208,15 @@ def expected_problem(tools: Sequence[str]) -> Problem:
     )
 
 
+def meant_tool(problems: Iterable[Problem], names: Iterable[str]) -> str | None:
+    """The offered tool a failed answer meant (the first problem naming one), or None."""
+    offered = set(names)
+    for problem in problems:
+        if problem.kind != "unknown_tool" and problem.tool in offered:
+            return problem.tool
+    return None
+
+
 def only_tools(body: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """A copy of ``body`` offering only the tools ``names`` (``body`` itself if none is left)."""
     wanted = set(names)

@@ -171,3 +171,16 @@ async def test_decide_leaves_an_answer_alone_and_is_off_by_default() -> None:
     r = await post(backend, chat(UMBRELLA, tools=TOOLS))
     assert r.json()["choices"][0]["message"]["content"] == REFUSAL
     assert len(backend.requests) == 1
+
+
+async def test_the_request_outweighs_the_tool_a_broken_call_meant() -> None:
+    # A broken call of search for a request about the weather: the retry targets get_weather.
+    broken = reply_tool_call("search", {"query": ""})
+    backend = ScriptedBackend().push(broken, reply_text(CONSTRAINED))
+    await post(backend, chat(ASKS, tools=TOOLS, tool_choice="required"))
+    assert grammar_root(backend.requests[1]) == "call-get-weather"
+    # A request that asks for no tool in particular: the tool the broken call meant.
+    backend = ScriptedBackend().push(reply_tool_call("search", {"query": ""}),
+                                     reply_text('{"name":"search","arguments":{"query":"x"}}'))
+    await post(backend, chat("hi", tools=TOOLS, tool_choice="required"))
+    assert grammar_root(backend.requests[1]) == "call-search"
