@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any
 
 from forge_core.guardrails.validate import Problem
+from forge_core.wire import jsonio
 
 THRESHOLD = 2
 MAX_TARGETS = 2
@@ -77,6 +79,7 @@ _SUFFIXES = ("ations", "ation", "ators", "ator", "ates", "ate", "ings", "ing", "
              "ers", "ors", "ies", "er", "or", "ed", "es", "s", "e", "y")
 
 
+@lru_cache(maxsize=16384)
 def stem(word: str) -> str:
     """A light suffix stripping (``calculator`` / ``calculation`` -> ``calcul``), never below
     three letters, so that only word endings are merged."""
@@ -102,7 +105,7 @@ def _words(text: str) -> list[str]:
 
 def _content(words: Iterable[str]) -> set[str]:
     return {
-        stem(w) for w in words
+        stem(w) for w in set(words)
         if len(w) >= 2 and not w.isdigit() and w not in _STOP and w not in _GENERIC
     }
 
@@ -125,15 +128,22 @@ def tool_words(tool: Any) -> ToolWords | None:
     function = tool.get("function") if isinstance(tool, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         return None
-    name = function["name"]
+    description = function.get("description")
+    # Agents send the same tools with every request: their words are computed once.
+    parameters = jsonio.dumps(function.get("parameters"), compact=True)
+    return _tool_words(
+        function["name"], description if isinstance(description, str) else "", parameters
+    )
+
+
+@lru_cache(maxsize=1024)
+def _tool_words(name: str, description: str, parameters_json: str) -> ToolWords:
     parts = _words(name)
     # verb_object names (get_weather, book_flight): the object is what the tool is about.
     objects = parts[1:] if len(parts) > 1 else parts
     strong = _content(objects)
-    weak_text = [" ".join(parts[:1]) if len(parts) > 1 else ""]
-    if isinstance(function.get("description"), str):
-        weak_text.append(function["description"])
-    weak_text += list(_parameter_texts(function.get("parameters")))
+    weak_text = [" ".join(parts[:1]) if len(parts) > 1 else "", description[:MAX_TOOL_CHARS]]
+    weak_text += list(_parameter_texts(jsonio.loads(parameters_json)))
     weak = _content(_words(" ".join(weak_text)[:MAX_TOOL_CHARS]))
     return ToolWords(name, frozenset(strong), frozenset(weak - strong))
 
