@@ -49,6 +49,9 @@ _AVOIDABLE = re.compile(r"[A-Za-z0-9_ .-]{1,64}")
 """Placeholder words the grammar can exclude (tool and parameter names are of this kind)."""
 _END = ""  # marks a whole word in the trie of avoided values
 _ESCAPE = r'"\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+AFTER_AVOIDED = 48
+"""Characters a string may go on for once it holds a whole avoided word: a model stopped at
+the end of ``web_search`` otherwise ran on until ``max_tokens`` cut the call."""
 
 
 class Unsupported(Exception):
@@ -196,7 +199,8 @@ class _Grammar:
         options += [f"{literal(ch)} {self._trie_node(node[ch], False)}" for ch in children]
         others = "".join("\\" + ch if ch in "]\\^-" else ch for ch in children)
         leave = f'([^"\\\\\\x7F\\x00-\\x1F{others}] | {_ESCAPE})'
-        options.append(f'{leave} char* "\\""')
+        rest = f"char{{0,{AFTER_AVOIDED - 1}}}" if _END in node else "char*"
+        options.append(f'{leave} {rest} "\\""')
         return self.rule("avoid", " | ".join(options))
 
     def _integer(self, schema: dict[str, Any]) -> str:

@@ -229,3 +229,13 @@ def test_strings_with_other_bounds_are_not_changed() -> None:
     plain = call_grammar([SEARCH]) or ""
     avoiding = call_grammar([SEARCH], ["web_search"], lambda v: False) or ""
     assert 'char{0,5}' in plain and 'char{0,5}' in avoiding
+
+
+def test_a_string_that_holds_an_avoided_word_ends_soon_after() -> None:
+    # Stopped at the end of "web_search", a model ran on until max_tokens cut the call.
+    from forge_llamafile.grammar import AFTER_AVOIDED
+
+    grammar = call_grammar([SEARCH], ["web_search"], lambda v: False) or ""
+    assert admits(grammar, search_call("web_search" + "x" * AFTER_AVOIDED))
+    assert not admits(grammar, search_call("web_search" + "x" * (AFTER_AVOIDED + 1)))
+    assert admits(grammar, search_call("web_searc" + "x" * 500))  # other values: unbounded
