@@ -119,14 +119,14 @@ MODES: dict[str, Mode] = {
             ["--tool-relevance", "off"], "required",
         ),
         Mode(
-            "grammar-plain",
-            "forge defaults, required, the grammar without placeholder exclusion",
-            ["--constrain-with", "grammar-plain"], "required",
+            "grammar-avoid",
+            "forge, required, the grammar refusing placeholder values",
+            ["--constrain-with", "grammar-avoid"], "required",
         ),
         Mode(
-            "auto-grammar-plain",
-            "forge defaults, auto, the grammar without placeholder exclusion",
-            ["--constrain-with", "grammar-plain"], "auto",
+            "auto-grammar-avoid",
+            "forge, auto, the grammar refusing placeholder values",
+            ["--constrain-with", "grammar-avoid"], "auto",
         ),
         Mode(
             "no-placeholder",
@@ -251,10 +251,13 @@ def calls_from_content(content: str) -> list[dict[str, Any]]:
              "function": {"name": value["name"], "arguments": json.dumps(arguments)}}]
 
 
-def judge(prompt: Prompt, status: int, data: Any, one_constrained: bool = False) -> str:
+def judge(
+    prompt: Prompt, status: int, data: Any, one_constrained: bool = False, choice: Any = None
+) -> str:
     """``correct``, ``wrong`` (valid call, not the expected one), ``prose`` (honest text where a
     call was expected), ``broken`` (invalid call or call text reaching the client) or
-    ``error`` (HTTP error)."""
+    ``error`` (HTTP error). ``choice``: the tool_choice sent (default: the prompt's); a call of
+    another tool breaks only a named choice that was sent."""
     if status != 200 or not isinstance(data, dict) or not data.get("choices"):
         return "error"
     message = data["choices"][0].get("message") or {}
@@ -270,9 +273,8 @@ def judge(prompt: Prompt, status: int, data: Any, one_constrained: bool = False)
             return "broken"
         return "correct" if prompt.expect is None else "prose"
     schemas = {t["function"]["name"]: t["function"].get("parameters") for t in prompt.tools}
-    named = (
-        prompt.tool_choice["function"]["name"] if isinstance(prompt.tool_choice, dict) else None
-    )
+    sent = prompt.tool_choice if choice is None else choice
+    named = sent["function"]["name"] if isinstance(sent, dict) else None
     decoded = []
     for call in calls:
         function = call.get("function") or {}
@@ -407,7 +409,7 @@ async def ask(
     seconds = time.perf_counter() - started
     answer = data["choices"][0].get("message") if status == 200 and data.get("choices") else data
     kind = "prose" if prompt.expect is None else "tool"
-    outcome = judge(prompt, status, data, mode.one_constrained)
+    outcome = judge(prompt, status, data, mode.one_constrained, choice)
     return Result(prompt.id, kind, outcome, seconds, header, answer)
 
 

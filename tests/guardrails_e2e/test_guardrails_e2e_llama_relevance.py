@@ -104,7 +104,7 @@ def test_a_greeting_next_to_the_same_tools_stays_prose(forge: str) -> None:
 
 def test_llama_server_compiles_the_placeholder_free_grammar(backend_url: str) -> None:
     request = body("Search the web for a vegan lasagna recipe.", tool_choice="required")
-    constrained = constrained_body(request, SEARCH, "grammar")
+    constrained = constrained_body(request, SEARCH, "grammar-avoid")
     assert "grammar" in constrained and "avoid" in constrained["grammar"]
     constrained["max_tokens"] = 128
     r = httpx.post(f"{backend_url}/v1/chat/completions", json=constrained, timeout=600)

@@ -6,10 +6,12 @@ Three ways, chosen with ``--constrain-with`` (measured in docs/guardrails.md):
     The compact GBNF of :mod:`forge_llamafile.grammar`. llama-server refuses a custom grammar
     next to ``tools``, so the tools leave the request and a short description of them (names,
     descriptions, parameters) goes into the system message instead: without it the model
-    chooses names and values blind. A string argument cannot be a placeholder (exactly a
-    tool name or its parameter's own name, unless the conversation has it).
-``grammar-plain``
-    The same grammar without the placeholder exclusion.
+    chooses names and values blind.
+``grammar-avoid``
+    The same grammar, where a string argument cannot be a placeholder (exactly a tool name or
+    its parameter's own name, unless the conversation has it). Measured: a small model then
+    wrote near-placeholders (``query_search``) that pass every check, where the plain grammar
+    ended in an honest failure; so it is not the default.
 ``schema``
     ``response_format`` with the JSON schema ``{"name": const, "arguments": <parameters>}``
     (``anyOf`` for several tools) and no tools: the constraint before issue 10.
@@ -30,8 +32,8 @@ from typing import Any, Literal
 from forge_core.guardrails.placeholders import conversation_text, mentioned_in
 from forge_llamafile.grammar import call_grammar
 
-ConstrainWith = Literal["grammar", "grammar-plain", "schema", "schema-tools"]
-CONSTRAIN_WITH: tuple[str, ...] = ("grammar", "grammar-plain", "schema", "schema-tools")
+ConstrainWith = Literal["grammar", "grammar-avoid", "schema", "schema-tools"]
+CONSTRAIN_WITH: tuple[str, ...] = ("grammar", "grammar-avoid", "schema", "schema-tools")
 MAX_DESCRIPTION = 300
 
 
@@ -58,13 +60,16 @@ def constrained_body(
                 if tool else "required"
             )
     grammar = None
-    if how in ("grammar", "grammar-plain"):
+    if how in ("grammar", "grammar-avoid"):
         names = [
             t["function"]["name"] for t in body.get("tools") or []
             if isinstance(t, dict) and isinstance(t.get("function"), dict)
             and isinstance(t["function"].get("name"), str)
         ]
-        avoid = mentioned_in(conversation_text(body.get("messages"))) if how == "grammar" else None
+        avoid = (
+            mentioned_in(conversation_text(body.get("messages")))
+            if how == "grammar-avoid" else None
+        )
         grammar = call_grammar(tools, names, avoid)
     if grammar is not None:
         out["grammar"] = grammar

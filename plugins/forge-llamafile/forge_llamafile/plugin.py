@@ -31,9 +31,8 @@ OPTIONS = [
         ["--constrain-with"], type=click.Choice(CONSTRAIN_WITH), default="grammar",
         show_default=True,
         help="How a constrained retry is constrained: a compact grammar (tools described in "
-        "the system message; string arguments cannot be placeholders such as a tool name), "
-        "the same grammar without the placeholder exclusion (grammar-plain), the JSON schema "
-        "without tools, or the JSON schema with tools.",
+        "the system message), the same grammar refusing placeholder values such as a tool "
+        "name (grammar-avoid), the JSON schema without tools, or the JSON schema with tools.",
     ),
 ]
 
