@@ -103,6 +103,32 @@ MODES: dict[str, Mode] = {
             ["--retry-context", "feedback", "--constrain-with", "grammar"], "required",
         ),
         Mode(
+            "auto-signals",
+            "forge, auto: tool intent from signals in the answer only (no tool relevance)",
+            ["--tool-relevance", "off"], "auto",
+        ),
+        Mode(
+            "auto-decide",
+            "forge, auto: also a decision retry (a call or respond()) for refusals and "
+            "descriptions",
+            ["--auto-intent", "decide"], "auto",
+        ),
+        Mode(
+            "required-no-relevance",
+            "forge, required: constrained retries among several tools offer them all",
+            ["--tool-relevance", "off"], "required",
+        ),
+        Mode(
+            "grammar-avoid",
+            "forge, required, the grammar refusing placeholder values",
+            ["--constrain-with", "grammar-avoid"], "required",
+        ),
+        Mode(
+            "auto-grammar-avoid",
+            "forge, auto, the grammar refusing placeholder values",
+            ["--constrain-with", "grammar-avoid"], "auto",
+        ),
+        Mode(
             "no-placeholder",
             "forge defaults, required, placeholder check off",
             ["--no-placeholder-check"], "required",
@@ -225,10 +251,13 @@ def calls_from_content(content: str) -> list[dict[str, Any]]:
              "function": {"name": value["name"], "arguments": json.dumps(arguments)}}]
 
 
-def judge(prompt: Prompt, status: int, data: Any, one_constrained: bool = False) -> str:
+def judge(
+    prompt: Prompt, status: int, data: Any, one_constrained: bool = False, choice: Any = None
+) -> str:
     """``correct``, ``wrong`` (valid call, not the expected one), ``prose`` (honest text where a
     call was expected), ``broken`` (invalid call or call text reaching the client) or
-    ``error`` (HTTP error)."""
+    ``error`` (HTTP error). ``choice``: the tool_choice sent (default: the prompt's); a call of
+    another tool breaks only a named choice that was sent."""
     if status != 200 or not isinstance(data, dict) or not data.get("choices"):
         return "error"
     message = data["choices"][0].get("message") or {}
@@ -244,9 +273,8 @@ def judge(prompt: Prompt, status: int, data: Any, one_constrained: bool = False)
             return "broken"
         return "correct" if prompt.expect is None else "prose"
     schemas = {t["function"]["name"]: t["function"].get("parameters") for t in prompt.tools}
-    named = (
-        prompt.tool_choice["function"]["name"] if isinstance(prompt.tool_choice, dict) else None
-    )
+    sent = prompt.tool_choice if choice is None else choice
+    named = sent["function"]["name"] if isinstance(sent, dict) else None
     decoded = []
     for call in calls:
         function = call.get("function") or {}
@@ -381,7 +409,7 @@ async def ask(
     seconds = time.perf_counter() - started
     answer = data["choices"][0].get("message") if status == 200 and data.get("choices") else data
     kind = "prose" if prompt.expect is None else "tool"
-    outcome = judge(prompt, status, data, mode.one_constrained)
+    outcome = judge(prompt, status, data, mode.one_constrained, choice)
     return Result(prompt.id, kind, outcome, seconds, header, answer)
 
 

@@ -242,9 +242,17 @@ def _echo_hooks(table: list[dict[str, Any]]) -> None:
     help="Accept arguments that only repeat a parameter or tool name, or a <...> template.",
 )
 @click.option(
-    "--auto-intent", type=click.Choice(["on", "off"]), default="on", show_default=True,
+    "--auto-intent", type=click.Choice(["on", "off", "decide"]), default="on",
+    show_default=True,
     help="Under tool_choice auto, retry prose that tries to use a tool (`get_weather(...)`, "
-    "a backticked tool name, code calling it) as a failed call.",
+    "a backticked tool name, code calling it) as a failed call; decide: also give a refusal "
+    "or a description of the task one retry constrained to a call or a prose answer.",
+)
+@click.option(
+    "--tool-relevance", type=click.Choice(["on", "off"]), default="on", show_default=True,
+    help="Rank the tools by how clearly the user's last message asks for each (words of their "
+    "names, descriptions, parameters): under auto (with --auto-intent on) prose answering such "
+    "a request is retried as a failed call; a constrained retry targets the tool asked for.",
 )
 @click.option(
     "--inject-respond-tool", is_flag=True,
@@ -404,7 +412,9 @@ def build_config(
             retry_context=opts.get("retry_context", "clean"),
             placeholder_check=not opts.get("no_placeholder_check", False),
             inject_respond_tool=opts["inject_respond_tool"],
-            auto_intent=opts.get("auto_intent", "on") == "on",
+            auto_intent=opts.get("auto_intent", "on") != "off",
+            auto_decide=opts.get("auto_intent", "on") == "decide",
+            auto_relevance=opts.get("tool_relevance", "on") == "on",
             keepalive_interval=opts["keepalive_interval"],
         ),
         max_concurrency=1 if serialize else 0,

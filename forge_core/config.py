@@ -29,6 +29,14 @@ class GuardrailSettings:
     auto_intent: bool = True
     """Under ``tool_choice: auto``, prose that clearly tries to use an offered tool (written as
     a function, in backticks, in code) before any tool result is a failed call, retried."""
+    auto_decide: bool = False
+    """With ``auto_intent``: a prose answer that refuses or describes the task (and that no
+    other check caught) gets a retry constrained to one call or ``respond(message)``."""
+    auto_relevance: bool = True
+    """Rank the offered tools by how clearly the user's last message asks for each (words of
+    the tools' own names, descriptions and parameters): under ``auto`` with ``auto_intent``,
+    a prose answer to a request that clearly asks for a tool is a failed call; under any
+    choice, a constrained retry among several tools targets the one asked for."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from forge_core.boundary import noting
 from forge_core.config import GuardrailSettings
 from forge_core.deadline import Deadlines
 from forge_core.errors import BackendHTTPError
-from forge_core.guardrails import intent
+from forge_core.guardrails import decision, intent, relevance
 from forge_core.guardrails.attempt import (
     CallAssembler,
     Splitter,
@@ -74,7 +74,7 @@ log = logging.getLogger("forge.guardrails")
 
 FALLBACK = "[forge] The model did not produce a valid tool call: "
 """Start of the answer when retries are exhausted and the model wrote no text at all."""
-_PROSE_KINDS = frozenset({"no_tool_call", "tool_intent"})
+_PROSE_KINDS = frozenset({"no_tool_call", "tool_intent", "tool_expected", "tool_decision"})
 """Failures of an answer that is prose, not a broken call."""
 _CUT_MESSAGE = "the answer was cut off by max_tokens inside a tool call"
 _UNPARSED_MESSAGE = "the backend could not read the answer as a tool call"
@@ -128,6 +128,15 @@ class _Plan:
     """Under auto, before any tool result: prose that tries to use a tool is a failed call."""
     asked: frozenset[str] = frozenset()
     """Tools the last user message names itself: mentioning them is no sign of intent."""
+    expected: tuple[str, ...] = ()
+    """Under auto, before any tool result: the tools the last user message clearly asks for
+    (guardrails/relevance.py); a prose answer is then a failed call."""
+    preferred: tuple[str, ...] = ()
+    """The tools the request asks for, whatever the choice: what a constrained retry targets
+    when nothing more precise decides."""
+    decide: bool = False
+    """Under auto with ``--auto-intent decide``: a refusal or description gets a retry
+    constrained to a call or respond() (guardrails/decision.py)."""
     active: bool = True
     """Calls are allowed: the request has tools and tool_choice is not "none". Otherwise any
     call the backend still returns is judged against no tools at all (never passed on)."""
@@ -216,9 +225,17 @@ class Engine:
             and bool(self.parsers)
             and intent.applies(messages)
         )
+        decide = (
+            auto_intent and self.settings.auto_decide and RESPOND_TOOL_NAME not in index
+        )
+        preferred = (
+            relevance.asked_for(messages, call.tools)
+            if active and self.settings.auto_relevance
+            else ()
+        )
         return _Plan(
             index=index,
-            names=index.names | {RESPOND_TOOL_NAME} if respond else index.names,
+            names=index.names | {RESPOND_TOOL_NAME} if respond or decide else index.names,
             guarded=guarded,
             rescue=active and bool(self.parsers),
             required=required,
@@ -228,6 +245,9 @@ class Engine:
             and self.spec.capabilities.constrained_decoding,
             intent=auto_intent,
             asked=intent.asked_about(messages, index.names) if auto_intent else frozenset(),
+            expected=preferred if auto_intent else (),
+            preferred=preferred,
+            decide=decide,
             active=active,
         )
 
@@ -273,6 +293,10 @@ class Engine:
                 base["messages"] = _append_retry(
                     call.body["messages"], constrained_history or []
                 )
+            if tool is None and plan.preferred:  # any of the few tools the request asks for
+                base = relevance.only_tools(base, plan.preferred)
+            if plan.decide and any(p.kind == "tool_decision" for p in problems):
+                tool, base = None, add_respond_tool(base)  # a call, or respond() in prose
             try:
                 strengthened = self.client.constrain_retry(base, tool)
             except Exception:  # a plugin bug must not lose the request: retry unconstrained
@@ -295,13 +319,19 @@ class Engine:
     @staticmethod
     def _target_tool(call: ChatCall, plan: _Plan, problems: list[Problem]) -> str | None:
         """The tool a constrained retry should force: the named choice, else the tool the
-        failed call meant, else the only tool; None lets the backend choose among all."""
+        request asks for (of those, the one the failed call meant), else the tool the failed
+        call meant, else the only tool; None lets the backend choose (among the tools the
+        request asks for, if any)."""
         _, named = required_tool(call.tool_choice)
         if named is not None and named in plan.index:
             return named
-        for problem in problems:
-            if problem.kind != "unknown_tool" and problem.tool and problem.tool in plan.index:
-                return problem.tool
+        meant = relevance.meant_tool(problems, plan.index.names)
+        if plan.preferred:  # the user's own words outweigh a failed attempt's choice
+            if meant in plan.preferred:
+                return meant
+            return plan.preferred[0] if len(plan.preferred) == 1 else None
+        if meant is not None:
+            return meant
         return next(iter(plan.index)) if len(plan.index) == 1 else None
 
     # --- judging one answer ---------------------------------------------------------------
@@ -319,7 +349,7 @@ class Engine:
     ) -> Splitter | intent.GatedSplitter:
         if not plan.guarded:
             return Splitter("pass")
-        if plan.required or attempt > 0:
+        if plan.required or plan.expected or plan.decide or attempt > 0:
             return Splitter("all")
         inner = Splitter("scan", parsers, plan.names) if parsers else Splitter("pass")
         if plan.intent:  # prose that may be tool intent waits for the verdict
@@ -369,7 +399,8 @@ class Engine:
                 prose = remaining
                 notes.add(f"rescued:{parser}{where}")
         tail = held
-        if plan.respond:
+        responded = plan.decide and any(c.name == RESPOND_TOOL_NAME for c in turn.tool_calls)
+        if plan.respond or plan.decide:
             turn = unwrap_respond(turn)  # a respond() call becomes turn.content
             answer, turn.content = turn.content, ""
             prose, tail = _paragraphs(prose, answer), _paragraphs(tail, answer)
@@ -381,7 +412,7 @@ class Engine:
         allowed = plan.index if plan.active else _NO_TOOLS
         problems = validate_turn(turn, allowed, call.tool_choice) + late
         if not problems and not turn.tool_calls:
-            problems = self._prose_problems(plan, sent + held, unparsed)
+            problems = [] if responded else self._prose_problems(plan, sent + held, unparsed)
         turn.finish_reason = finish_reason(turn)
         return _Verdict(turn, problems, prose, tail)
 
@@ -392,7 +423,9 @@ class Engine:
             return [Problem("unparsed", None, None, _UNPARSED_MESSAGE)]
         name = intent.find_intent(text, plan.index.names, plan.asked) if plan.intent else None
         if name is None:
-            return []
+            if plan.expected:
+                return [relevance.expected_problem(plan.expected)]
+            return [decision.PROBLEM] if plan.decide and decision.describes(text) else []
         return [
             Problem(
                 "tool_intent",

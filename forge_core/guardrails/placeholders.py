@@ -10,7 +10,7 @@ conversation does not contain it: a user who asks to translate the word "text" g
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 # Whole-value templates: <city>, {city}, {{city}}, ${CITY}, [city name], YOUR_API_KEY.
@@ -75,6 +75,13 @@ def _reason(key: str, value: str, schema: Any, tool_names: set[str]) -> str | No
     if isinstance(description, str) and norm == _norm(description):
         return "it repeats the parameter's description"
     return None
+
+
+def mentioned_in(conversation: str) -> Callable[[str], bool]:
+    """Whether a value occurs in ``conversation`` as :func:`placeholder_messages` sees it
+    (case, ``_`` and ``-`` ignored, whole words): such a value is never a placeholder."""
+    spoken = _norm(conversation)
+    return lambda value: _mentioned(value, spoken)
 
 
 def _mentioned(value: str, spoken: str) -> bool:

@@ -36,6 +36,8 @@ ProblemKind = Literal[
     "truncated",  # call markup cut off by max_tokens: never rescued with cut values
     "unparsed",  # the backend failed to parse the model's output and did not return it
     "placeholder",  # an argument copied from the tool definition (guardrails/placeholders.py)
+    "tool_expected",  # prose under auto where the request asks for a tool (relevance.py)
+    "tool_decision",  # a refusal or description under auto --auto-intent decide (decision.py)
 ]
 
 MAX_SCHEMA_PROBLEMS = 5

@@ -119,12 +119,15 @@ def test_exhausted_retries_give_the_sdk_a_plain_message(
 def test_prose_under_auto_streams_to_the_sdk_untouched(
     client: openai.OpenAI, backend: ScriptedBackend
 ) -> None:
-    backend.push(reply_text("It is sunny in Paris today."))
+    # A request that asks for no tool (one asking for the weather would hold the prose for
+    # the relevance check).
+    backend.push(reply_text("Paris is the capital of France."))
+    messages = [{"role": "user", "content": "Tell me one fact about Paris."}]
     stream = client.chat.completions.create(
-        model="fake-model", messages=MESSAGES, tools=TOOLS, stream=True
+        model="fake-model", messages=messages, tools=TOOLS, stream=True
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "It is sunny in Paris today."
+    assert text == "Paris is the capital of France."
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["stop"]
     assert len(backend.requests) == 1

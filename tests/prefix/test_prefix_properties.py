@@ -27,6 +27,7 @@ from prefix_support import (
     through_forge,
 )
 
+from forge_core.config import GuardrailSettings
 from forge_core.testing import reply_text, reply_tool_call
 
 SETTINGS = settings(
@@ -44,13 +45,20 @@ def assert_prefix_extensions(sent: list[dict[str, Any]]) -> None:
             assert canonical(new[position]) == canonical(message), f"message {position} rewritten"
 
 
+# The scripted "ok" must be a final answer: a generated user turn may use a generated tool's
+# words, and tool relevance would then retry the prose (not what these properties are about).
+PROSE_OK = GuardrailSettings(auto_relevance=False)
+
+
 @SETTINGS
 @given(anthropic_sessions())
 def test_anthropic_session_turns_reach_the_backend_as_prefix_extensions(
     session: dict[str, Any],
 ) -> None:
     bodies = anthropic_requests(session)
-    raw, statuses = through_forge("/v1/messages", bodies, [reply_text("ok")] * len(bodies))
+    raw, statuses = through_forge(
+        "/v1/messages", bodies, [reply_text("ok")] * len(bodies), guardrails=PROSE_OK
+    )
     assert statuses == [200] * len(bodies)
     sent = [json.loads(r) for r in raw]
     assert_prefix_extensions(sent)
@@ -63,7 +71,9 @@ def test_openai_session_turns_reach_the_backend_as_prefix_extensions(
     session: dict[str, Any],
 ) -> None:
     bodies = openai_requests(session)
-    raw, statuses = through_forge("/v1/chat/completions", bodies, [reply_text("ok")] * len(bodies))
+    raw, statuses = through_forge(
+        "/v1/chat/completions", bodies, [reply_text("ok")] * len(bodies), guardrails=PROSE_OK
+    )
     assert statuses == [200] * len(bodies)
     sent = [json.loads(r) for r in raw]
     assert_prefix_extensions(sent)
@@ -78,7 +88,7 @@ def test_the_same_request_gives_byte_identical_backend_bodies(session: dict[str,
     anthropic = "headers" in session
     body = (anthropic_requests if anthropic else openai_requests)(session)[-1]
     path = "/v1/messages" if anthropic else "/v1/chat/completions"
-    raw, statuses = through_forge(path, [body, body], [reply_text("ok")] * 2)
+    raw, statuses = through_forge(path, [body, body], [reply_text("ok")] * 2, guardrails=PROSE_OK)
     assert statuses == [200, 200]
     assert raw[0] == raw[1]
 
@@ -93,7 +103,9 @@ def test_a_changing_billing_header_does_not_change_the_backend_body(
                                 *body["system"]]}
     second = {**body, "system": [{"type": "text", "text": "x-anthropic-billing-header: cch=bbbbb;"},
                                  *body["system"]]}
-    raw, _ = through_forge("/v1/messages", [first, second, body], [reply_text("ok")] * 3)
+    raw, _ = through_forge(
+        "/v1/messages", [first, second, body], [reply_text("ok")] * 3, guardrails=PROSE_OK
+    )
     assert raw[0] == raw[1] == raw[2]
 
 

@@ -7,6 +7,11 @@ Three ways, chosen with ``--constrain-with`` (measured in docs/guardrails.md):
     next to ``tools``, so the tools leave the request and a short description of them (names,
     descriptions, parameters) goes into the system message instead: without it the model
     chooses names and values blind.
+``grammar-avoid``
+    The same grammar, where a string argument cannot be a placeholder (exactly a tool name or
+    its parameter's own name, unless the conversation has it). Measured: a small model then
+    wrote near-placeholders (``query_search``) that pass every check, where the plain grammar
+    ended in an honest failure; so it is not the default.
 ``schema``
     ``response_format`` with the JSON schema ``{"name": const, "arguments": <parameters>}``
     (``anyOf`` for several tools) and no tools: the constraint before issue 10.
@@ -24,10 +29,11 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from forge_core.guardrails.placeholders import conversation_text, mentioned_in
 from forge_llamafile.grammar import call_grammar
 
-ConstrainWith = Literal["grammar", "schema", "schema-tools"]
-CONSTRAIN_WITH: tuple[str, ...] = ("grammar", "schema", "schema-tools")
+ConstrainWith = Literal["grammar", "grammar-avoid", "schema", "schema-tools"]
+CONSTRAIN_WITH: tuple[str, ...] = ("grammar", "grammar-avoid", "schema", "schema-tools")
 MAX_DESCRIPTION = 300
 
 
@@ -53,7 +59,18 @@ def constrained_body(
                 {"type": "function", "function": {"name": tool["function"]["name"]}}
                 if tool else "required"
             )
-    grammar = call_grammar(tools) if how == "grammar" else None
+    grammar = None
+    if how in ("grammar", "grammar-avoid"):
+        names = [
+            t["function"]["name"] for t in body.get("tools") or []
+            if isinstance(t, dict) and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+        ]
+        avoid = (
+            mentioned_in(conversation_text(body.get("messages")))
+            if how == "grammar-avoid" else None
+        )
+        grammar = call_grammar(tools, names, avoid)
     if grammar is not None:
         out["grammar"] = grammar
         if not tools_in_prompt:

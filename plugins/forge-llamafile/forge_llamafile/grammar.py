@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 ARRAY_CAP = 16
@@ -45,6 +45,15 @@ _BASE_DEPENDS = {
 }
 
 
+_AVOIDABLE = re.compile(r"[A-Za-z0-9_ .-]{1,64}")
+"""Placeholder words the grammar can exclude (tool and parameter names are of this kind)."""
+_END = ""  # marks a whole word in the trie of avoided values
+_ESCAPE = r'"\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+AFTER_AVOIDED = 48
+"""Characters a string may go on for once it holds a whole avoided word: a model stopped at
+the end of ``web_search`` otherwise ran on until ``max_tokens`` cut the call."""
+
+
 class Unsupported(Exception):
     """The schema uses a keyword this grammar does not express."""
 
@@ -60,7 +69,13 @@ def _json(value: Any) -> str:
 
 
 class _Grammar:
-    def __init__(self) -> None:
+    def __init__(
+        self, tool_names: Sequence[str] = (), mentioned: Callable[[str], bool] | None = None
+    ) -> None:
+        self.tool_names = tuple(tool_names)
+        self.mentioned = mentioned
+        """Placeholders are avoided when set: a string argument may not be exactly a tool name
+        or its parameter's own name, unless the conversation has that value."""
         self.rules: dict[str, str] = {}
         self._by_body: dict[str, str] = {}
         self._base: set[str] = set()
@@ -92,7 +107,7 @@ class _Grammar:
 
     # --- schemas ---------------------------------------------------------------------------
 
-    def value(self, schema: Any, hint: str, depth: int = 0) -> str:
+    def value(self, schema: Any, hint: str, depth: int = 0, key: str = "") -> str:
         if depth > MAX_DEPTH:
             raise Unsupported("nested too deeply")
         if schema is True or schema == {} or schema is None:
@@ -107,12 +122,13 @@ class _Grammar:
             if not schema["enum"]:
                 raise Unsupported("empty enum")
             return "(" + " | ".join(literal(_json(v)) for v in schema["enum"]) + ")"
+        parameter = key
         for key in ("anyOf", "oneOf"):
             if isinstance(schema.get(key), list):
                 rest = {k: v for k, v in schema.items() if k != key}
                 options = [
                     self.value({**rest, **sub} if isinstance(sub, dict) else sub,
-                               f"{hint}-{i}", depth + 1)
+                               f"{hint}-{i}", depth + 1, parameter)
                     for i, sub in enumerate(schema[key])
                 ]
                 return self.rule(hint, " | ".join(options)) if options else self.base("value")
@@ -122,30 +138,70 @@ class _Grammar:
         if kind is None:
             return self.base("value")
         if isinstance(kind, list):
-            options = [self.value({**schema, "type": k}, f"{hint}-{k}", depth + 1) for k in kind]
+            options = [
+                self.value({**schema, "type": k}, f"{hint}-{k}", depth + 1, parameter)
+                for k in kind
+            ]
             return self.rule(hint, " | ".join(options))
         if kind == "string":
-            return self._string(schema)
+            return self._string(schema, parameter)
         if kind == "integer":
             return self._integer(schema)
         if kind in ("number", "boolean", "null"):
             return self.base(kind)
         if kind == "array":
-            return self._array(schema, hint, depth)
+            return self._array(schema, hint, depth, parameter)
         if kind == "object":
             return self._object(schema, hint, depth)
         raise Unsupported(f"type {kind!r}")
 
-    def _string(self, schema: dict[str, Any]) -> str:
+    def _string(self, schema: dict[str, Any], parameter: str = "") -> str:
         low = schema.get("minLength")
         high = schema.get("maxLength")
         low = low if isinstance(low, int) and low > 0 else 0
         high = high if isinstance(high, int) and high >= low else None
+        if high is None and low <= 1:
+            avoided = self._avoided(parameter)
+            if avoided:
+                return self._string_avoiding(avoided, nonempty=low == 1)
         if not low and high is None:
             return self.base("string")
         self.base("char")
         repeat = f"{{{low},{high}}}" if high is not None else f"{{{low},}}"
         return self.rule(f"string-{low}-{high}", f'"\\"" char{repeat} "\\""')
+
+    def _avoided(self, parameter: str) -> frozenset[str]:
+        """The whole values a string argument of ``parameter`` may not take (see
+        :attr:`mentioned`), with ``_`` also written as a space."""
+        if self.mentioned is None:
+            return frozenset()
+        words = {*self.tool_names, parameter} - {""}
+        variants = {v for w in words for v in (w, w.replace("_", " "))}
+        return frozenset(
+            v for v in variants if _AVOIDABLE.fullmatch(v) and not self.mentioned(v)
+        )
+
+    def _string_avoiding(self, words: frozenset[str], nonempty: bool) -> str:
+        """A JSON string that is none of ``words`` (nor empty, if ``nonempty``): a trie of
+        the words where every node may also end the string or leave the trie."""
+        self.base("char")
+        trie: dict[str, Any] = {}
+        for word in sorted(words):
+            node = trie
+            for ch in word:
+                node = node.setdefault(ch, {})
+            node[_END] = {}
+        return self.rule("avoid", f'"\\"" {self._trie_node(trie, nonempty)}')
+
+    def _trie_node(self, node: dict[str, Any], nonempty: bool) -> str:
+        children = sorted(ch for ch in node if ch != _END)
+        options = [] if _END in node or nonempty else ['"\\""']
+        options += [f"{literal(ch)} {self._trie_node(node[ch], False)}" for ch in children]
+        others = "".join("\\" + ch if ch in "]\\^-" else ch for ch in children)
+        leave = f'([^"\\\\\\x7F\\x00-\\x1F{others}] | {_ESCAPE})'
+        rest = f"char{{0,{AFTER_AVOIDED - 1}}}" if _END in node else "char*"
+        options.append(f'{leave} {rest} "\\""')
+        return self.rule("avoid", " | ".join(options))
 
     def _integer(self, schema: dict[str, Any]) -> str:
         """Small bounded ranges as literals (the models wrote ``"days": 10`` for a maximum
@@ -159,8 +215,8 @@ class _Grammar:
             return self.rule("natural", '"0" | [1-9] [0-9]{0,15}')
         return self.base("integer")
 
-    def _array(self, schema: dict[str, Any], hint: str, depth: int) -> str:
-        item = self.value(schema.get("items", True), f"{hint}-item", depth + 1)
+    def _array(self, schema: dict[str, Any], hint: str, depth: int, parameter: str = "") -> str:
+        item = self.value(schema.get("items", True), f"{hint}-item", depth + 1, parameter)
         low = schema.get("minItems")
         high = schema.get("maxItems")
         low = low if isinstance(low, int) and low > 0 else 0
@@ -176,7 +232,7 @@ class _Grammar:
             return self.base("object")
         required = set(schema.get("required") or [])
         pairs = [
-            (f"{literal(_json(key) + ':')} {self.value(sub, f'{hint}-{key}', depth + 1)}",
+            (f"{literal(_json(key) + ':')} {self.value(sub, f'{hint}-{key}', depth + 1, key)}",
              key in required)
             for key, sub in properties.items()
         ]
@@ -210,10 +266,20 @@ def _bound(schema: dict[str, Any], inclusive: str, exclusive: str, step: int) ->
     return None
 
 
-def call_grammar(tools: Sequence[dict[str, Any]]) -> str | None:
+def call_grammar(
+    tools: Sequence[dict[str, Any]],
+    tool_names: Sequence[str] = (),
+    mentioned: Callable[[str], bool] | None = None,
+) -> str | None:
     """A grammar admitting exactly one compact call of one of ``tools``; None if a schema
-    cannot be expressed (see the module docstring)."""
-    grammar = _Grammar()
+    cannot be expressed (see the module docstring).
+
+    With ``mentioned`` (does the conversation contain this value?), string arguments cannot be
+    placeholders: exactly one of ``tool_names`` or their parameter's own name, unless
+    mentioned. forge rejects those after the answer anyway; a small model repeated them after
+    every correction.
+    """
+    grammar = _Grammar(tool_names, mentioned)
     calls = []
     try:
         for tool in tools:

@@ -31,7 +31,8 @@ OPTIONS = [
         ["--constrain-with"], type=click.Choice(CONSTRAIN_WITH), default="grammar",
         show_default=True,
         help="How a constrained retry is constrained: a compact grammar (tools described in "
-        "the system message), the JSON schema without tools, or the JSON schema with tools.",
+        "the system message), the same grammar refusing placeholder values such as a tool "
+        "name (grammar-avoid), the JSON schema without tools, or the JSON schema with tools.",
     ),
 ]
 

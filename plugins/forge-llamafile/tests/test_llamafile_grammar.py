@@ -128,9 +128,12 @@ def test_unsupported_schemas_get_no_grammar() -> None:
 def test_grammar_body_drops_tools_and_describes_them() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER, EMAIL],
             "tool_choice": "required", "max_tokens": 10}
-    out = constrained_body(body, None, "grammar")
+    out = constrained_body(body, None, "grammar-avoid")
     assert "tools" not in out and "tool_choice" not in out and "response_format" not in out
-    assert out["grammar"] == call_grammar([WEATHER, EMAIL])
+    assert not admits(out["grammar"], '{"name":"get_weather","arguments":{"city":"city"}}')
+    assert constrained_body(body, None, "grammar")["grammar"] == call_grammar(
+        [WEATHER, EMAIL]
+    )
     system = out["messages"][0]
     assert system["role"] == "system" and "get_weather" in system["content"]
     assert "- unit (string, optional) one of \"celsius\", \"fahrenheit\"" in system["content"]
@@ -177,3 +180,62 @@ def test_small_integer_ranges_are_enforced_and_naturals_have_no_sign() -> None:
     assert not admits(grammar, '{"name":"f","arguments":{"days":1,"top":3}}')
     assert admits(grammar, '{"name":"f","arguments":{"days":1,"count":250}}')
     assert not admits(grammar, '{"name":"f","arguments":{"days":1,"count":-2}}')
+
+
+# --- placeholders excluded by the grammar ------------------------------------------------------
+
+
+SEARCH = tool("web_search", {
+    "type": "object",
+    "properties": {
+        "query": {"type": "string", "minLength": 1},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "lang": {"type": "string", "maxLength": 5},
+    },
+    "required": ["query"],
+})
+
+
+def search_call(query: str, tags: str = "") -> str:
+    extra = f',"tags":["{tags}"]' if tags else ""
+    return '{"name":"web_search","arguments":{"query":"' + query + '"' + extra + "}}"
+
+
+@pytest.mark.parametrize("value", ["web_search", "web search", "query", "send_email", ""])
+def test_a_placeholder_value_is_refused(value: str) -> None:
+    grammar = call_grammar([SEARCH], ["web_search", "send_email"], lambda v: False) or ""
+    assert not admits(grammar, search_call(value))
+
+
+@pytest.mark.parametrize(
+    "value", ["web_searc", "web_search2", "Web_search", "queryx", "q", "vegan lasagna", 'a\\"b']
+)
+def test_every_other_value_is_admitted(value: str) -> None:
+    grammar = call_grammar([SEARCH], ["web_search", "send_email"], lambda v: False) or ""
+    assert admits(grammar, search_call(value))
+
+
+def test_array_items_and_mentioned_values() -> None:
+    # Items of an array parameter count as that parameter; a value the conversation has is
+    # allowed ("search for the word query").
+    grammar = call_grammar([SEARCH], ["web_search"], lambda v: v == "query") or ""
+    assert not admits(grammar, search_call("ok", tags="tags"))
+    assert admits(grammar, search_call("ok", tags="tag"))
+    assert admits(grammar, search_call("query"))
+
+
+def test_strings_with_other_bounds_are_not_changed() -> None:
+    # maxLength keeps its own repetition rule: the exclusion applies to unbounded strings only.
+    plain = call_grammar([SEARCH]) or ""
+    avoiding = call_grammar([SEARCH], ["web_search"], lambda v: False) or ""
+    assert 'char{0,5}' in plain and 'char{0,5}' in avoiding
+
+
+def test_a_string_that_holds_an_avoided_word_ends_soon_after() -> None:
+    # Stopped at the end of "web_search", a model ran on until max_tokens cut the call.
+    from forge_llamafile.grammar import AFTER_AVOIDED
+
+    grammar = call_grammar([SEARCH], ["web_search"], lambda v: False) or ""
+    assert admits(grammar, search_call("web_search" + "x" * AFTER_AVOIDED))
+    assert not admits(grammar, search_call("web_search" + "x" * (AFTER_AVOIDED + 1)))
+    assert admits(grammar, search_call("web_searc" + "x" * 500))  # other values: unbounded

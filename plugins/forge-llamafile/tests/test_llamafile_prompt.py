@@ -177,11 +177,13 @@ async def test_invalid_call_is_retried_constrained_with_tools_still_in_the_promp
 
 async def test_prose_is_allowed_when_tool_choice_is_auto() -> None:
     backend = ScriptedBackend()
-    backend.push(reply_text("I cannot check the weather, sorry."))
+    backend.push(reply_text("Hello! How can I help?"))
+    # A request that asks for no tool (one for the weather would retry prose, tool relevance).
+    body = chat("Hello there!", tools=[WEATHER_TOOL])
     async with forge_client(backend, state=prompt_state(backend)) as http:
-        response = await http.post("/v1/chat/completions", json=weather_request())
+        response = await http.post("/v1/chat/completions", json=body)
     message = response.json()["choices"][0]["message"]
-    assert message["content"] == "I cannot check the weather, sorry."
+    assert message["content"] == "Hello! How can I help?"
     assert "tool_calls" not in message
     assert len(backend.requests) == 1
 
