@@ -131,9 +131,10 @@ class _Plan:
     expected: tuple[str, ...] = ()
     """Under auto, before any tool result: the tools the last user message clearly asks for
     (guardrails/relevance.py); a prose answer is then a failed call."""
-    preferred: tuple[str, ...] = ()
+    preferred: tuple[str, ...] | None = None
     """The tools the request asks for, whatever the choice: what a constrained retry targets
-    when nothing more precise decides."""
+    when nothing more precise decides. None until needed (:meth:`Engine._preferred`): most
+    requests never retry, so only a first turn under auto pays for it up front."""
     decide: bool = False
     """Under auto with ``--auto-intent decide``: a refusal or description gets a retry
     constrained to a call or respond() (guardrails/decision.py)."""
@@ -230,8 +231,8 @@ class Engine:
         )
         preferred = (
             relevance.asked_for(messages, call.tools)
-            if active and self.settings.auto_relevance
-            else ()
+            if auto_intent and self.settings.auto_relevance
+            else None
         )
         return _Plan(
             index=index,
@@ -245,7 +246,7 @@ class Engine:
             and self.spec.capabilities.constrained_decoding,
             intent=auto_intent,
             asked=intent.asked_about(messages, index.names) if auto_intent else frozenset(),
-            expected=preferred if auto_intent else (),
+            expected=preferred or (),
             preferred=preferred,
             decide=decide,
             active=active,
@@ -293,8 +294,9 @@ class Engine:
                 base["messages"] = _append_retry(
                     call.body["messages"], constrained_history or []
                 )
-            if tool is None and plan.preferred:  # any of the few tools the request asks for
-                base = relevance.only_tools(base, plan.preferred)
+            preferred = self._preferred(call, plan)
+            if tool is None and preferred:  # any of the few tools the request asks for
+                base = relevance.only_tools(base, preferred)
             if plan.decide and any(p.kind == "tool_decision" for p in problems):
                 tool, base = None, add_respond_tool(base)  # a call, or respond() in prose
             try:
@@ -316,8 +318,18 @@ class Engine:
         )
         return apply_transforms(self.transforms, self.spec.name, request), constrained
 
-    @staticmethod
-    def _target_tool(call: ChatCall, plan: _Plan, problems: list[Problem]) -> str | None:
+    def _preferred(self, call: ChatCall, plan: _Plan) -> tuple[str, ...]:
+        """The tools the request's last user message asks for (computed once, when needed)."""
+        if plan.preferred is None:
+            messages = call.body.get("messages")
+            plan.preferred = (
+                relevance.asked_for(messages if isinstance(messages, list) else [], call.tools)
+                if plan.active and self.settings.auto_relevance
+                else ()
+            )
+        return plan.preferred
+
+    def _target_tool(self, call: ChatCall, plan: _Plan, problems: list[Problem]) -> str | None:
         """The tool a constrained retry should force: the named choice, else the tool the
         request asks for (of those, the one the failed call meant), else the tool the failed
         call meant, else the only tool; None lets the backend choose (among the tools the
@@ -326,10 +338,11 @@ class Engine:
         if named is not None and named in plan.index:
             return named
         meant = relevance.meant_tool(problems, plan.index.names)
-        if plan.preferred:  # the user's own words outweigh a failed attempt's choice
-            if meant in plan.preferred:
+        preferred = self._preferred(call, plan)
+        if preferred:  # the user's own words outweigh a failed attempt's choice
+            if meant in preferred:
                 return meant
-            return plan.preferred[0] if len(plan.preferred) == 1 else None
+            return preferred[0] if len(preferred) == 1 else None
         if meant is not None:
             return meant
         return next(iter(plan.index)) if len(plan.index) == 1 else None

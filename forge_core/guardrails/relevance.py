@@ -167,20 +167,41 @@ def _parameter_texts(schema: Any, depth: int = 0) -> Iterable[str]:
         yield from _parameter_texts(items, depth + 1)
 
 
+_AGENT_OPEN = re.compile(r"<([a-z]+[-_][a-z_-]+)>")
+"""A block an agent wraps around context it adds to the user's turn (Claude Code's
+``<system-reminder>``, Cline's ``<environment_details>``, ``<command-name>``...): not the
+user's words, so no evidence of what the user asks for."""
+
+
 def last_user_text(messages: Sequence[Any]) -> str:
-    """The text of the last user message ("" when there is none)."""
+    """The user's own text in the last user message ("" when there is none)."""
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
-            if isinstance(content, str):
-                return content
             if isinstance(content, list):
-                return " ".join(
+                # A part that opens with an agent tag is the agent's context as a whole.
+                content = " ".join(
                     p["text"] for p in content
                     if isinstance(p, dict) and isinstance(p.get("text"), str)
+                    and not _AGENT_OPEN.match(p["text"].lstrip())
                 )
-            return ""
+            return _without_agent_blocks(content) if isinstance(content, str) else ""
     return ""
+
+
+def _without_agent_blocks(text: str) -> str:
+    """``text`` without agent blocks; linear: an opening without its closing tag ends the
+    search (everything after it is kept)."""
+    kept: list[str] = []
+    at = 0
+    while (opening := _AGENT_OPEN.search(text, at)) is not None:
+        end = text.find(f"</{opening.group(1)}>", opening.end())
+        if end < 0:
+            break
+        kept.append(text[at:opening.start()])
+        at = end + len(opening.group(1)) + 3
+    kept.append(text[at:])
+    return " ".join(kept)
 
 
 def ranked(messages: Sequence[Any], tools: Sequence[Any]) -> list[tuple[str, int]]:

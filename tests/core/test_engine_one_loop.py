@@ -28,8 +28,8 @@ def _replies() -> list[Any]:
     ]
 
 
-def _call(**extra: Any) -> Any:
-    return OPENAI.parse(chat("Weather in Paris?", tools=[WEATHER_TOOL], **extra)).call
+def _call(content: str = "Weather in Paris?", **extra: Any) -> Any:
+    return OPENAI.parse(chat(content, tools=[WEATHER_TOOL], **extra)).call
 
 
 def _state(backend: ScriptedBackend, **kw: Any) -> Any:
@@ -95,8 +95,10 @@ async def test_complete_is_the_fold_of_the_stream_for_the_same_backend_output() 
         reply_text(printed + "</tool_call>"),
         reply_tool_call("get_weather", {"city": "Paris"}),
     ]
-    answer = await _complete(ScriptedBackend().push(*replies), _call())
-    events = await _stream(ScriptedBackend().push(*replies), _call(stream=True))
+    # A message that does not plainly ask for the tool: the stream shows prose at once.
+    ask = "Hi, can you help me?"
+    answer = await _complete(ScriptedBackend().push(*replies), _call(ask))
+    events = await _stream(ScriptedBackend().push(*replies), _call(ask, stream=True))
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     calls = [e.call for e in events if isinstance(e, ToolCallReady)]
     end = events[-1]

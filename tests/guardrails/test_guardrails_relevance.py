@@ -126,3 +126,20 @@ def test_only_tools_keeps_the_named_tools() -> None:
     assert relevance.only_tools(body, ["read_file"])["tools"] == [READ]
     assert relevance.only_tools(body, ["nope"]) is body
     assert body["tools"] == [FLIGHT, READ, "junk"]  # not mutated
+
+
+def test_context_an_agent_adds_to_the_user_turn_is_not_the_users_request() -> None:
+    # Claude Code sends "say hi" after a <system-reminder> about git commits and files.
+    reminder = ("<system-reminder>\nWhen you read a file or write a file, commit with git; "
+                "attribution for commits and pull requests...\n</system-reminder>")
+    parts = [{"type": "text", "text": reminder}, {"type": "text", "text": "say hi"}]
+    assert relevance.asked_for(user(parts), [READ, WRITE]) == ()
+    # The user's own words still count, before or after such a block.
+    asked = [{"type": "text", "text": reminder}, {"type": "text", "text": "read the file a.txt"}]
+    assert relevance.asked_for(user(asked), [READ, WRITE]) == ("read_file",)
+
+
+def test_an_unclosed_agent_tag_keeps_the_rest_and_stays_linear() -> None:
+    text = "<x-y> " * 50_000 + "please book a flight"
+    assert relevance.asked_for(user(text[-4000:]), [FLIGHT]) == ("book_flight",)
+    assert relevance.last_user_text(user(text)).endswith("please book a flight")
