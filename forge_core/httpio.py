@@ -30,6 +30,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from forge_core.aio import TimedWait
+
 READ_AHEAD = 256 * 1024
 """Bytes received but not yet read at most before the socket stops being read: a slow
 consumer still slows the backend down."""
@@ -95,9 +97,7 @@ class _Stream(httpcore.AsyncNetworkStream):
         self._loop = protocol.loop
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._until = 0.0  # when the current wait times out
-        self._timer: asyncio.TimerHandle | None = None
-        self._timed_out = False
+        self._timed = TimedWait(self._loop)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -141,34 +141,12 @@ class _Stream(httpcore.AsyncNetworkStream):
             protocol.drain = waiter
         else:
             protocol.waiter = waiter
-        if timeout is not None:
-            self._arm(self._loop.time() + max(timeout, 0.0))
         try:
-            await waiter
+            timed_out = await self._timed.wait(waiter, timeout)
         finally:
             protocol.waiter = protocol.drain = None
-            self._until = 0.0
-        if self._timed_out:
-            self._timed_out = False
+        if timed_out:
             raise timeout_error("timed out")
-
-    def _arm(self, until: float) -> None:
-        self._until = until
-        if self._timer is None or self._timer.when() > until:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(until, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        waiter = self._protocol.waiter or self._protocol.drain
-        if waiter is None or waiter.done() or not self._until:
-            return  # nobody waits: the next wait arms the timer again
-        if self._loop.time() >= self._until:
-            self._timed_out = True
-            waiter.set_result(None)
-        else:  # a later wait moved the end: sleep on until then
-            self._timer = self._loop.call_at(self._until, self._expire)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -200,9 +178,7 @@ class _Stream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         self._pending.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timed.cancel()
         transport = self._protocol.transport
         if transport is not None and not transport.is_closing():
             transport.close()

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final
 
+from forge_core.aio import TimedWait
 from forge_core.turns import BackendChunk
 
 END: Final = "end"
@@ -48,8 +49,7 @@ class BackendReader:
         self._items: deque[BackendChunk | _Failure | str] = deque()
         self._waiter: asyncio.Future[None] | None = None  # the consumer, waiting for an item
         self._room: asyncio.Future[None] | None = None  # the pump, waiting for space
-        self._until = 0.0  # when the consumer's current wait times out
-        self._timer: asyncio.TimerHandle | None = None
+        self._timed = TimedWait(self._loop)
         self._task = asyncio.ensure_future(self._pump(source))
 
     async def _pump(self, source: AsyncIterator[BackendChunk]) -> None:
@@ -78,10 +78,8 @@ class BackendReader:
         """
         if not self._items:
             waiter = self._waiter = self._loop.create_future()
-            if timeout is not None:
-                self._arm(self._loop.time() + max(timeout, 0.0))
             try:
-                await waiter
+                await self._timed.wait(waiter, timeout)
             finally:
                 self._waiter = None
             if not self._items:
@@ -92,23 +90,6 @@ class BackendReader:
             raise item.error
         return item
 
-    def _arm(self, until: float) -> None:
-        self._until = until
-        if self._timer is None or self._timer.when() > until:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(until, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return  # nobody waits: the next wait arms the timer again
-        if self._loop.time() >= self._until:
-            waiter.set_result(None)  # woken with nothing: a timeout
-        else:  # a later wait moved the end: sleep on until then
-            self._timer = self._loop.call_at(self._until, self._expire)
-
     async def aclose(self) -> None:
         """Stop reading and close the backend stream.
 
@@ -116,9 +97,7 @@ class BackendReader:
         the caller into it: if the caller is cancelled meanwhile, the reader still finishes
         closing on its own.
         """
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timed.cancel()
         self._task.cancel()
         await asyncio.wait({self._task})
 

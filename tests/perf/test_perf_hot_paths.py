@@ -54,7 +54,7 @@ async def test_a_long_timeout_arms_one_timer_for_many_waits() -> None:
     original = loop.call_at
 
     def counting_call_at(when, callback, *args, **kw):  # type: ignore[no-untyped-def]
-        if getattr(callback, "__self__", None).__class__ is BackendReader:
+        if getattr(callback, "__self__", None).__class__ is aio.TimedWait:  # the reader's timer
             armed[0] += 1
         return original(when, callback, *args, **kw)
 
