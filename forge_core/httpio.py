@@ -241,18 +241,8 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         local = (local_address, 0) if local_address else None
-        try:
-            async with asyncio.timeout(timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(loop), host, port, local_addr=local
-                )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
-        stream = _Stream(protocol)
-        _set_options(stream, socket_options, nodelay=True)
-        return stream
+        connecting = loop.create_connection(lambda: _Protocol(loop), host, port, local_addr=local)
+        return await _connected(connecting, f"{host}:{port}", timeout, socket_options, True)
 
     async def connect_unix_socket(
         self,
@@ -261,19 +251,32 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                _, protocol = await loop.create_unix_connection(lambda: _Protocol(loop), path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"connecting to {path} timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
-        stream = _Stream(protocol)
-        _set_options(stream, socket_options, nodelay=False)
-        return stream
+        connecting = loop.create_unix_connection(lambda: _Protocol(loop), path)
+        return await _connected(connecting, path, timeout, socket_options, False)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connected(
+    connecting: Any,
+    target: str,
+    timeout: float | None,
+    options: Iterable[httpcore.SOCKET_OPTION] | None,
+    nodelay: bool,
+) -> _Stream:
+    """The stream of a connection being made, with httpcore's errors for a timeout or a
+    refusal."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, protocol = await connecting
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"connecting to {target} timed out") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
+    stream = _Stream(protocol)
+    _set_options(stream, options, nodelay=nodelay)
+    return stream
 
 
 def _set_options(
