@@ -19,6 +19,7 @@ The engine writes nothing into the caller's objects: what the guardrails did com
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -661,17 +662,17 @@ class Engine:
                 yield Finished(finish_reason(turn), usage, turn.stop_sequence)
                 return
             reasoning = "".join(thought)
-            judge = (
+            judge = functools.partial(
                 self._judge, notes, call, plan, turn, held, parsers, reasoning,
                 unparsed is not None, "".join(sent),
             )
             with noting(notes.boundary):
                 if _small(held, reasoning, turn.tool_calls, plan.index):
-                    verdict = judge[0](*judge[1:])  # type: ignore[operator]
+                    verdict = judge()
                 else:
                     # Off the event loop: rescue and schema validation of a hostile answer
                     # are bounded, but may take longer than other requests can wait.
-                    verdict = await asyncio.to_thread(*judge)  # type: ignore[arg-type]
+                    verdict = await asyncio.to_thread(judge)
             if not verdict.problems:
                 piece = shown.show_text(verdict.prose)
                 if piece:

@@ -69,6 +69,7 @@ class ToolIndex:
         self._tools: dict[str, dict[str, Any]] = {}
         self._validators: dict[str, Validator | None] = {}
         self._light: dict[str, bool] = {}
+        self._keys: dict[str, str | None] = {}
         self.notes: dict[str, str] = {}
         """Tool name -> why its schema is not enforced (invalid, unresolvable $ref, ...)."""
         for tool in tools if isinstance(tools, list | tuple) else ():
@@ -106,7 +107,7 @@ class ToolIndex:
         if not isinstance(schema, dict | bool):
             self.notes[name] = "parameters is not a JSON Schema object; any object is accepted"
             return None
-        validator, note = compiled_validator(schema, name)
+        validator, note = compiled_validator(schema, name, self._key(name))
         if note:
             self.notes[name] = note
         return validator
@@ -116,12 +117,18 @@ class ToolIndex:
         it is a few thousand evaluations at most, quick enough for the event loop. (A
         reference can multiply the work up to the evaluation budget.)"""
         if name not in self._light:
-            schema = self.parameters(name)
-            text = _key(schema) if schema is not None else ""
+            text = self._key(name) if self.parameters(name) is not None else ""
             self._light[name] = text is not None and len(text) <= LIGHT_SCHEMA and not any(
                 marker in text for marker in _REF_KEYWORDS
             )
         return self._light[name]
+
+    def _key(self, name: str) -> str | None:
+        """``name``'s schema as canonical JSON, written once per request: the compiled
+        validators' cache key and the measure of :meth:`light`."""
+        if name not in self._keys:
+            self._keys[name] = _key(self.parameters(name))
+        return self._keys[name]
 
     def give_up_on(self, name: str, note: str) -> None:
         """Stop enforcing ``name``'s schema (it could not be applied to a call)."""
@@ -153,7 +160,7 @@ _COMPILED_MAX = 256
 
 
 def compiled_validator(
-    schema: dict[str, Any] | bool, name: str = ""
+    schema: dict[str, Any] | bool, name: str = "", key: str | None = ""
 ) -> tuple[Validator | None, str]:
     """A checked, compiled validator for ``schema`` and a note when it cannot be enforced.
 
@@ -162,9 +169,11 @@ def compiled_validator(
     schema's canonical JSON. Validators hold no per-call state, so sharing them is safe.
     A schema is not enforced when it is invalid, has a ``$ref`` outside itself, or a
     ``patternProperties`` regex RE2 cannot run (see ``safe_schema``); that is logged once per
-    distinct schema, without the schema's content.
+    distinct schema, without the schema's content. ``key``: the schema's canonical JSON when
+    the caller has it ("" computes it here).
     """
-    key = _key(schema)
+    if key == "":
+        key = _key(schema)
     if key is not None and key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key]
