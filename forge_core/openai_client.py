@@ -209,9 +209,14 @@ class OpenAIWireClient(BackendClient):
             finished = False
             other: list[bytes] = []  # what came instead of events, for the error message
             lines = sse.Lines()
-            source = _body(response)
-            async for data in source:
-                for line in lines.feed(data):
+            source = _body(response).__aiter__()
+            ended = False
+            while not ended:
+                try:
+                    batch = lines.feed(await source.__anext__())
+                except StopAsyncIteration:
+                    batch, ended = lines.flush(), True  # a last event without its line break
+                for line in batch:
                     if not line.startswith(b"data:"):
                         if not events and len(other) < 8:
                             other.append(line)
@@ -219,24 +224,13 @@ class OpenAIWireClient(BackendClient):
                     events += 1
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
-                        await _drain(source)
+                        if not ended:
+                            await _drain(source)
                         return
                     chunk = self._chunk(payload)
                     if chunk is not None:
                         finished = finished or chunk.finish_reason is not None
                         yield chunk
-            for line in lines.flush():  # a last event without its line break
-                if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
-                    events += 1
-                    chunk = self._chunk(line[5:].strip())
-                    if chunk is not None:
-                        finished = finished or chunk.finish_reason is not None
-                        yield chunk
-                elif line.startswith(b"data:"):
-                    events += 1
-                    finished = True  # [DONE]
-                elif not events and len(other) < 8:
-                    other.append(line)
             if not events:
                 text = b"\n".join(other).decode(errors="replace")
                 raise self.no_events_error(response, text)
