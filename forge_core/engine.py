@@ -856,10 +856,4 @@ def _paragraphs(first: str, second: str) -> str:
     return f"{first}\n\n{second}" if first.strip() else second
 
 
-def _plain(shown: Transcript, usage: Usage | None) -> AssistantTurn:
-    return AssistantTurn(
-        content=shown.text, finish_reason="stop", usage=usage, reasoning=shown.reasoning
-    )
-
-
 __all__ = ["Answer", "ChatCall", "Engine", "RESPOND_TOOL_NAME"]

@@ -307,20 +307,10 @@ async def forge_client(
     backend: ScriptedBackend | httpx.AsyncBaseTransport, **kw: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client talking to a forge app (ASGI, in-process) in front of ``backend``."""
-    from forge_core.app import make_app
-
     state = kw.pop("state", None) or build_state(backend, **kw)
-    app = make_app(state)
-    await state.client.start()
-    state.started = True
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://forge.test", timeout=30
-        ) as http:
-            http.forge_state = state  # type: ignore[attr-defined]
-            yield http
-    finally:
-        await state.client.aclose()
+    async with _serving(state, start=True) as http:
+        http.forge_state = state  # type: ignore[attr-defined]
+        yield http
 
 
 @contextlib.asynccontextmanager
@@ -330,24 +320,32 @@ async def forge_in_front_of(
     """An httpx client talking to a forge app (ASGI, in-process) in front of your own
     backend ``client``, the way ``forge serve`` wires it (``start``: run ``client.start()``
     first, as serving does)."""
-    from forge_core.app import make_app, wire_state
+    from forge_core.app import wire_state
 
     settings = getattr(client, "settings", None)
     if not isinstance(settings, BackendSettings):
-        settings = BackendSettings()
+        settings = BackendSettings(backend_url=client.base_url, model=None, timeout=30.0)
     serve = ServeConfig(backend=settings, plugin=spec.name, **config)
-    state = wire_state(serve, spec, client)
+    async with _serving(wire_state(serve, spec, client), start=start) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def _serving(state: Any, *, start: bool) -> AsyncIterator[httpx.AsyncClient]:
+    """``state``'s app on ``httpx.ASGITransport``; the backend client is closed at the end."""
+    from forge_core.app import make_app
+
+    app = make_app(state)
     if start:
-        await client.start()
+        await state.client.start()
     state.started = True
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=make_app(state)), base_url="http://forge.test",
-            timeout=30,
+            transport=httpx.ASGITransport(app=app), base_url="http://forge.test", timeout=30
         ) as http:
             yield http
     finally:
-        await client.aclose()
+        await state.client.aclose()
 
 
 # --- real servers on loopback -------------------------------------------------------------------
