@@ -223,39 +223,42 @@ async def _read_json(state: AppState, request: Request) -> Any:
 
 async def _until_disconnect(request: Request, work: Awaitable[T], drain: Drain | None = None) -> T:
     """Run ``work`` but cancel it (and its backend request) if the client goes away, or with
-    a 503 (:class:`~forge_core.errors.ShuttingDown`) when ``drain``'s time is over."""
-    task = asyncio.ensure_future(work)
+    a 503 (:class:`~forge_core.errors.ShuttingDown`) when ``drain``'s time is over.
+
+    ``work`` runs in the request's own task, which the watcher cancels: one task per request
+    fewer than running it beside the watcher (about 25 us of CPU a request).
+    """
+    me = asyncio.current_task()
+    assert me is not None
+    left = False
+    finished = False
 
     async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
+        nonlocal left
+        with contextlib.suppress(Exception):  # a broken channel: nobody to answer either
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        if not finished:
+            left = True
+            me.cancel()
 
+    if drain is not None and drain.expired:
+        getattr(work, "close", lambda: None)()  # never started: no "never awaited" warning
+        raise drain.error()
     watcher = asyncio.ensure_future(watch())
-    ended = drain.future() if drain is not None else None
     try:
-        waits = {task, watcher, ended} if ended is not None else {task, watcher}
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        client_left = watcher.done()
+        if drain is None:
+            return await work
+        with drain.interruptible():  # a ShuttingDown when the drain's time is over
+            return await work
     except asyncio.CancelledError:
-        # The server is cancelling this request (shutdown after the drain timeout): the
-        # backend request must end with it, not run on detached.
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if drain is not None and drain.expired and not client_left:
-            raise drain.error()
+        if not left or me.uncancel() > 0:
+            raise  # the server is cancelling this request: work has ended with it
         log.info("client disconnected; backend request cancelled")
-        raise ClientGone
-    return task.result()
+        raise ClientGone from None
+    finally:
+        finished = True  # a disconnect seen from now on cancels nothing
+        watcher.cancel()
 
 
 class ClientGone(Exception):

@@ -294,20 +294,9 @@ def _set_options(
 
 def transport(
     limits: httpx.Limits, verify: ssl.SSLContext | bool = True
-) -> httpx.AsyncHTTPTransport:
-    """``httpx.AsyncHTTPTransport(limits=limits, verify=verify)`` on :class:`AsyncioBackend`.
+) -> httpx.AsyncBaseTransport:
+    """The transport of forge's backend clients: HTTP/1.1 on httptools' parser over this
+    module's connections (:class:`forge_core.h1.H1Transport`), with httpx's pool limits."""
+    from forge_core.h1 import H1Transport  # h1 builds on this module
 
-    httpx has no argument for the network backend, so its pool is rebuilt with the same
-    settings; should a future httpx arrange its transport differently, the transport is
-    returned as httpx built it (slower, never wrong).
-    """
-    built = httpx.AsyncHTTPTransport(limits=limits, verify=verify)
-    if type(getattr(built, "_pool", None)) is httpcore.AsyncConnectionPool:
-        built._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=AsyncioBackend(),
-        )
-    return built
+    return H1Transport(limits, verify)

@@ -185,7 +185,7 @@ class OpenAIWireClient(BackendClient):
         try:
             response = await self._post(_dumps(body))
             try:
-                content = await response.aread()
+                content = b"".join([piece async for piece in _body(response)])
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:

@@ -30,6 +30,7 @@ releases all but at most a KiB of what was scanned.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import deque
 from collections.abc import Collection, Sequence
@@ -251,29 +252,16 @@ class HoldBack:
     ) -> None:
         self._parsers = tuple(parsers) if parsers is not None else BUILTIN_PARSERS
         self._max_held = max_held
-        unique = {m for m in markers if m and m[0] not in "\r\n"}
-        self._braces = "".join(sorted(m for m in unique if m in BRACES))
-        self._tags = sorted(unique - set(BRACES), key=len, reverse=True)
-        self._tag_set = frozenset(self._tags)
-        alternatives = [re.escape(m) for m in self._tags]
-        gap = f"[ \\t\\r\\n]{{0,{MAX_BRACE_GAP}}}"
-        if "{" in self._braces:
-            alternatives.append(r"\{" + gap + '"')
-        if "[" in self._braces:
-            alternatives.append(r"\[" + gap + r"\{")
-        self._pattern = re.compile("|".join(alternatives)) if alternatives else None
-        self._brace_partial = (
-            re.compile("[" + re.escape(self._braces) + "]" + gap + r"\Z") if self._braces else None
-        )
-        self._prefixes = {t[:size] for t in self._tags for size in range(1, len(t))}
-        self._longest_prefix = max((len(p) for p in self._prefixes), default=0)
-        self._first_chars = {t[0] for t in self._tags}
+        unique = frozenset(m for m in markers if m and m[0] not in "\r\n")
+        (
+            self._braces, self._tags, self._tag_set, self._pattern, self._brace_partial,
+            self._prefixes, self._longest_prefix, self._first_chars,
+        ) = _marker_tables(unique)
         self._line_start = True  # the emitted text so far ends at the start of a line
         self._in_code = False  # inside a fenced code block that was released as prose
         self._hold: _Hold | None = None
         self._pending: deque[str] = deque()
         """Input not scanned yet: it waits while a candidate awaits its decision."""
-        self._name_patterns: dict[frozenset[str], re.Pattern[str] | None] = {}
 
     # --- public ----------------------------------------------------------------------------
 
@@ -509,9 +497,47 @@ class HoldBack:
 
     def _names_pattern(self, names: frozenset[str]) -> re.Pattern[str] | None:
         """A tool name standing as a word of its own (None: no names, nothing can be a call)."""
-        if names not in self._name_patterns:
-            words = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-            self._name_patterns[names] = (
-                re.compile(rf"(?<![\w.-])(?:{words})(?![\w.-])") if words else None
-            )
-        return self._name_patterns[names]
+        if sum(map(len, names)) > _CACHED_NAMES:  # a huge tool list is not kept around
+            return _names_pattern.__wrapped__(names)
+        return _names_pattern(names)
+
+
+_CACHED_NAMES = 8192
+"""Tool name sets up to this many characters keep their compiled pattern across requests."""
+
+_Tables = tuple[
+    str, tuple[str, ...], frozenset[str], "re.Pattern[str] | None", "re.Pattern[str] | None",
+    frozenset[str], int, frozenset[str],
+]
+
+
+@functools.lru_cache(maxsize=64)
+def _marker_tables(unique: frozenset[str]) -> _Tables:
+    """What a scanner derives from its markers: the same for every request of an engine, so
+    built once (the regex and prefix sets cost more than a short answer's scan)."""
+    braces = "".join(sorted(m for m in unique if m in BRACES))
+    tags = tuple(sorted(unique - set(BRACES), key=len, reverse=True))
+    alternatives = [re.escape(m) for m in tags]
+    gap = f"[ \\t\\r\\n]{{0,{MAX_BRACE_GAP}}}"
+    if "{" in braces:
+        alternatives.append(r"\{" + gap + '"')
+    if "[" in braces:
+        alternatives.append(r"\[" + gap + r"\{")
+    pattern = re.compile("|".join(alternatives)) if alternatives else None
+    brace_partial = (
+        re.compile("[" + re.escape(braces) + "]" + gap + r"\Z") if braces else None
+    )
+    prefixes = frozenset(t[:size] for t in tags for size in range(1, len(t)))
+    longest = max((len(p) for p in prefixes), default=0)
+    return (
+        braces, tags, frozenset(tags), pattern, brace_partial, prefixes, longest,
+        frozenset(t[0] for t in tags),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _names_pattern(names: frozenset[str]) -> re.Pattern[str] | None:
+    """A tool name standing as a word of its own (None: no names, nothing can be a call);
+    clients send the same tools on every turn, so the pattern is kept across requests."""
+    words = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<![\w.-])(?:{words})(?![\w.-])") if words else None

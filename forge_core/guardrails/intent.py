@@ -20,6 +20,7 @@ after the last user message (the model then writes its final answer).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -78,11 +79,13 @@ def _text(content: Any) -> str:
 # "Not preceded by a word character" is checked after the name (``name(?<!\wname)``): a
 # pattern that starts with a literal lets the regex engine skip ahead to candidates, several
 # times faster on a long answer.
+@functools.lru_cache(maxsize=512)  # re's own cache still pays the escaping and formatting
 def _word(name: str) -> re.Pattern[str]:
     escaped = re.escape(name)
     return re.compile(rf"{escaped}(?<![\w]{escaped})(?![\w])")
 
 
+@functools.lru_cache(maxsize=512)
 def _signals(name: str) -> re.Pattern[str]:
     escaped = re.escape(name)
     return re.compile(

@@ -70,6 +70,8 @@ class ToolIndex:
         self._validators: dict[str, Validator | None] = {}
         self._light: dict[str, bool] = {}
         self._keys: dict[str, str | None] = {}
+        self._checked: dict[tuple[str, str, int], list[Problem]] = {}
+        """validate_call's verdicts: the repair pass and the judging check the same calls."""
         self.notes: dict[str, str] = {}
         """Tool name -> why its schema is not enforced (invalid, unresolvable $ref, ...)."""
         for tool in tools if isinstance(tools, list | tuple) else ():
@@ -256,6 +258,14 @@ def normalize_arguments(text: str) -> str:
 def validate_call(call: ToolCall, index: ToolIndex, position: int) -> list[Problem]:
     """Problems with one call: unknown name, arguments not a JSON object, schema violations,
     then (when ``index.conversation`` is set) placeholder values."""
+    key = (call.name, call.arguments, position)
+    known = index._checked.get(key)
+    if known is None:
+        known = index._checked[key] = _checked_call(call, index, position)
+    return list(known)
+
+
+def _checked_call(call: ToolCall, index: ToolIndex, position: int) -> list[Problem]:
     problems = _call_problems(call, index, position)
     if problems or index.conversation is None:
         return problems

@@ -104,6 +104,9 @@ def loads(data: bytes | bytearray | str) -> Any:
 
 _SLOW = object()
 _HUGE = float(2**63)
+_SCAN_LIMIT = 4096
+"""Texts up to this size are scanned before any walk (see _fast_loads)."""
+_WALKED = frozenset({dict, list, float})
 
 
 def _fast_loads(data: bytes | bytearray | str) -> Any:
@@ -120,13 +123,19 @@ def _fast_loads(data: bytes | bytearray | str) -> Any:
     except _orjson.JSONDecodeError:
         return _SLOW
     if isinstance(value, dict | list):
-        deep = data.count(b"[" if not isinstance(data, str) else "[") + data.count(
-            b"{" if not isinstance(data, str) else "{"
-        ) > MAX_DEPTH
-        # One walk for both checks (a 100 kB history: ~80 us a walk), none when the text can
-        # hold neither (most stream events: ~2 us saved each).
-        if (deep or _may_be_huge(data)) and _deeper_or_huge(value, MAX_DEPTH if deep else None):
-            return _SLOW
+        if len(data) > _SCAN_LIMIT:
+            # A walk costs what the containers cost, a text scan what the bytes cost: for a
+            # long text (a 100 kB history: ~40 us a scan) the walk alone is cheaper.
+            if _deeper_or_huge(value, MAX_DEPTH):
+                return _SLOW
+        else:
+            # Fewer containers than the limit cannot nest beyond it; a text that cannot
+            # spell a huge number holds none: most stream events skip the walk.
+            opening = ("[", "{") if isinstance(data, str) else (b"[", b"{")
+            deep = data.count(opening[0]) + data.count(opening[1]) > MAX_DEPTH  # type: ignore[arg-type]
+            limit = MAX_DEPTH if deep else None
+            if (deep or _may_be_huge(data)) and _deeper_or_huge(value, limit):
+                return _SLOW
     elif isinstance(value, float) and abs(value) >= _HUGE:
         return _SLOW
     return value
@@ -149,49 +158,48 @@ def _may_be_huge(data: bytes | bytearray | str) -> bool:
 def _deeper_or_huge(value: dict[str, Any] | list[Any], limit: int | None) -> bool:
     """Whether ``value`` nests deeper than ``limit`` (None: not checked) or holds a float of
     at least 2**63 in size (maybe an integer orjson could not hold; then the stdlib path
-    decides)."""
-    if limit is None:
-        return _has_huge_float(value)  # _fast_loads skips this when the text rules it out
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
+    decides). Level by level, each node's containers and floats collected in one
+    comprehension: about half the time of a stack of (node, depth) pairs."""
+    level: list[Any] = [value]
+    depth = 1
+    while level:
+        if limit is not None and depth > limit:
             return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, float):
-                if abs(child) >= _HUGE:
+        below: list[Any] = []
+        for node in level:
+            kind = type(node)
+            if kind is float:
+                if abs(node) >= _HUGE:
                     return True
-            elif isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
-
-
-def _has_huge_float(value: dict[str, Any] | list[Any]) -> bool:
-    """Whether a float of at least 2**63 in size is anywhere in ``value`` (maybe an integer
-    orjson could not hold; rare, and then the stdlib path decides)."""
-    stack: list[Any] = [value]
-    while stack:
-        node = stack.pop()
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, float):
-                if abs(child) >= _HUGE:
-                    return True
-            elif isinstance(child, dict | list):
-                stack.append(child)
+                continue
+            below += [
+                child
+                for child in (node.values() if kind is dict else node)
+                if type(child) in _WALKED
+            ]
+        level = below
+        depth += 1
     return False
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    if not isinstance(value, dict | list):
-        return False
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
+    """Whether ``value`` nests deeper than ``limit``: a walk level by level, collecting each
+    level's containers in one comprehension per node (half the time of a stack of pairs:
+    ~50 us for a 100 kB agent history)."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
+        below: list[Any] = []
+        for node in level:
+            below += [
+                child
+                for child in (node.values() if type(node) is dict else node)
+                if type(child) is dict or type(child) is list
+            ]
+        level = below
+        depth += 1
     return False
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Required
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from forge_core.errors import ForgeError, InvalidRequest
 from forge_core.turns import (
@@ -25,39 +26,38 @@ from forge_core.wire import sse
 from forge_core.wire.jsonio import clean_json_text, dumps, dumps_bytes
 
 
-class ChatMessage(BaseModel):
-    """One message; unknown fields are kept (``name``, ``reasoning_content``, vendor fields)."""
+def _text_parts_have_text(
+    content: str | list[dict[str, Any]] | None,
+) -> str | list[dict[str, Any]] | None:
+    # A text part without string text would reach the backend (and the budget check) as
+    # garbage; OpenAI rejects it too.
+    for index, part in enumerate(content if isinstance(content, list) else ()):
+        if part.get("type") == "text" and not isinstance(part.get("text"), str):
+            raise ValueError(f"part {index} is of type 'text' but its 'text' is not a string")
+    return content
 
-    model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+def _calls_name_a_function(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    # Every translator (Ollama, Anthropic, prompt tools) reads function.name.
+    for index, call in enumerate(calls or ()):
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(f"call {index} needs a 'function' object with a string 'name'")
+    return calls
 
-    @field_validator("content")
-    @classmethod
-    def _text_parts_have_text(
-        cls, content: str | list[dict[str, Any]] | None
-    ) -> str | list[dict[str, Any]] | None:
-        # A text part without string text would reach the backend (and the budget check)
-        # as garbage; OpenAI rejects it too.
-        for index, part in enumerate(content if isinstance(content, list) else ()):
-            if part.get("type") == "text" and not isinstance(part.get("text"), str):
-                raise ValueError(f"part {index} is of type 'text' but its 'text' is not a string")
-        return content
 
-    @field_validator("tool_calls")
-    @classmethod
-    def _calls_name_a_function(
-        cls, calls: list[dict[str, Any]] | None
-    ) -> list[dict[str, Any]] | None:
-        # Every translator (Ollama, Anthropic, prompt tools) reads function.name.
-        for index, call in enumerate(calls or ()):
-            function = call.get("function")
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise ValueError(f"call {index} needs a 'function' object with a string 'name'")
-        return calls
+class ChatMessage(TypedDict, total=False):
+    """One message, checked but not copied into a model: the body itself is forwarded, so a
+    typed dict (no instance per message) is all the check needs, at half the cost of a model
+    on a long history. Unknown fields are kept (``name``, ``reasoning_content``, vendor
+    fields)."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+
+    role: Required[Literal["system", "developer", "user", "assistant", "tool", "function"]]
+    content: Annotated[str | list[dict[str, Any]] | None, AfterValidator(_text_parts_have_text)]
+    tool_calls: Annotated[list[dict[str, Any]] | None, AfterValidator(_calls_name_a_function)]
+    tool_call_id: str | None
 
 
 class FunctionDef(BaseModel):
@@ -178,7 +178,8 @@ def completion_body(turn: AssistantTurn, model: str, completion_id: str) -> dict
 
 
 class ChunkWriter:
-    """Builds the JSON of each streamed chunk; one instance per response."""
+    """Builds the JSON of each streamed chunk, compact as OpenAI writes it; one instance per
+    response."""
 
     __slots__ = ("_prefix", "_suffix", "_text_head", "_reasoning_head")
 
@@ -191,9 +192,10 @@ class ChunkWriter:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-            }
+            },
+            compact=True,
         )
-        self._prefix = head[:-1] + ', "choices": ['
+        self._prefix = head[:-1] + ',"choices":['
         self._suffix = "]}"
         # A text delta is the most frequent event: its bytes are spliced around the one JSON
         # string (written by orjson) instead of encoding a whole choice each time.
@@ -201,7 +203,7 @@ class ChunkWriter:
         self._reasoning_head = self._delta_head("reasoning_content")
 
     def _delta_head(self, key: str) -> bytes:
-        return b"data: " + (self._prefix + '{"index": 0, "delta": {"' + key + '": ').encode()
+        return b"data: " + (self._prefix + '{"index":0,"delta":{"' + key + '":').encode()
 
     def text_line(self, text: str) -> bytes:
         """The whole SSE line of a text delta (the same bytes as ``data_line(text(...))``)."""
@@ -212,7 +214,7 @@ class ChunkWriter:
 
     def _choice(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return self._prefix + dumps(choice) + self._suffix
+        return self._prefix + dumps(choice, compact=True) + self._suffix
 
     def role(self) -> str:
         return self._choice({"role": "assistant", "content": ""})
@@ -238,10 +240,10 @@ class ChunkWriter:
         return self._choice({}, finish_reason)
 
     def usage(self, usage: Usage) -> str:
-        return self._prefix + "]" + ', "usage": ' + dumps(usage.as_openai()) + "}"
+        return self._prefix + '],"usage":' + dumps(usage.as_openai(), compact=True) + "}"
 
 
-_DELTA_TAIL = b'}, "finish_reason": null}]}\n\n'
+_DELTA_TAIL = b'},"finish_reason":null}]}\n\n'
 
 
 def new_completion_id() -> str:

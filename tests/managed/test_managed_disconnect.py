@@ -96,7 +96,7 @@ async def test_disconnect_mid_stream_cancels_the_backend_stream() -> None:
             ) as response:
                 assert response.status_code == 200
                 async for line in response.aiter_lines():
-                    if '"content": "w' in line:
+                    if '"content":"w' in line:
                         received.append(line)
                         break  # leave mid-stream; closing the response drops the connection
             assert received

@@ -148,6 +148,19 @@ def test_the_fast_reader_gives_the_strict_readers_values(text: bytes) -> None:
     assert repr(value) == repr(json.loads(text))  # big integers stay exact integers
 
 
+def test_long_texts_skip_the_scans_but_keep_both_checks() -> None:
+    # Past _SCAN_LIMIT the reader walks without scanning the text first: a huge integer deep
+    # in a long history still stays exact, and depth is still bounded.
+    filler = [{"role": "user", "content": "x" * 100} for _ in range(60)]
+    text = json.dumps({"messages": filler, "extra": [{"seed": 2**70, "t": 1e300}]}).encode()
+    assert len(text) > jsonio._SCAN_LIMIT
+    assert repr(jsonio.loads(text)["extra"]) == repr([{"seed": 2**70, "t": 1e300}])
+    deep = json.dumps({"messages": filler}).encode()[:-1] + b', "d": ' + b"[" * 128 + b"]" * 128
+    with pytest.raises(jsonio.JSONRejected, match="nested deeper"):
+        jsonio.loads(deep + b"}")
+    assert jsonio.loads(deep[: -2 * 128] + b"[" * 127 + b"]" * 127 + b"}")["d"]
+
+
 @pytest.mark.parametrize("depth", [129, 500, 1000])
 def test_the_fast_reader_keeps_the_depth_limit(depth: int) -> None:
     with pytest.raises(jsonio.JSONRejected, match="nested deeper"):
