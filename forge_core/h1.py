@@ -120,10 +120,7 @@ class _Connection:
         )
 
     def close(self) -> None:
-        self.stream._timed.cancel()
-        transport = self.stream._protocol.transport
-        if transport is not None and not transport.is_closing():
-            transport.close()
+        self.stream.close()
 
 
 class H1Transport(httpx.AsyncBaseTransport):
@@ -241,9 +238,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         try:
             conn = await self._acquire(request, timeouts)
-        except httpcore.NetworkError as exc:
-            raise _mapped(exc, request) from None
-        except httpcore.TimeoutException as exc:
+        except (httpcore.NetworkError, httpcore.TimeoutException) as exc:
             raise _mapped(exc, request) from None
         parsed = _Parsed()
         parser = parsed.parser = httptools.HttpResponseParser(parsed)

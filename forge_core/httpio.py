@@ -177,6 +177,10 @@ class _Stream(httpcore.AsyncNetworkStream):
     # --- the rest --------------------------------------------------------------------------
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop what was not sent and close the connection (nothing to wait for)."""
         self._pending.clear()
         self._timed.cancel()
         transport = self._protocol.transport
