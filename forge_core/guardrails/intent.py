@@ -23,18 +23,20 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
+from itertools import compress
 from typing import Any
 
+from forge_core.guardrails.linestart import LineStart
 from forge_core.guardrails.rescue import strip_think
 
 # The lookbehind makes a search try only word starts: linear, where ``\w+\Z`` retried every
 # position of every word.
 _TRAILING_WORD = re.compile(r"(?<!\w)\w+\Z")
 _WORD_CHARS = re.compile(r"\w*")
-_FENCE = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.M | re.S)
+_FENCE = LineStart(r"[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.S)
 _LEADING_FENCE = re.compile(r"\s*```")
 _FENCE_OPEN = re.compile(r"[ \t]*```[^\n]*\n")
-_FENCE_CLOSE = re.compile(r"^[ \t]*```", re.M)
+_FENCE_CLOSE = LineStart(r"[ \t]*```")
 _FENCE_CLOSE_IN = re.compile(r"\n[ \t]*```")
 _CLOSE_HEAD = re.compile(r"[ \t]*`{0,2}")
 
@@ -85,14 +87,31 @@ def _word(name: str) -> re.Pattern[str]:
     return re.compile(rf"{escaped}(?<![\w]{escaped})(?![\w])")
 
 
+def _signal_parts(name: str) -> tuple[str, ...]:
+    escaped = re.escape(name)
+    return (
+        rf"{escaped}(?<![\w]{escaped})[ \t]*\(",  # written as a function (def/calls/methods)
+        rf"`[ \t]*{escaped}[ \t]*(?:`|\()",  # in backticks
+        rf'"(?:name|tool|tool_name|function)"\s*:\s*"{escaped}"',  # call-shaped JSON
+    )
+
+
 @functools.lru_cache(maxsize=512)
 def _signals(name: str) -> re.Pattern[str]:
-    escaped = re.escape(name)
-    return re.compile(
-        rf"{escaped}(?<![\w]{escaped})[ \t]*\("  # written as a function (def/calls/methods)
-        rf"|`[ \t]*{escaped}[ \t]*(?:`|\()"  # in backticks
-        rf'|"(?:name|tool|tool_name|function)"\s*:\s*"{escaped}"'  # call-shaped JSON
-    )
+    """Any signal for ``name``, in one pattern (the gate scans short windows with it)."""
+    return re.compile("|".join(_signal_parts(name)))
+
+
+# The character each signal cannot do without, in _signal_parts' order: a text without it
+# skips that scan (a plain-string search, much faster than the pattern's).
+_SIGNAL_NEEDS = ("(", "`", '"')
+
+
+@functools.lru_cache(maxsize=512)
+def _signal_scans(name: str) -> tuple[re.Pattern[str], ...]:
+    """The same signals one pattern each, for a whole answer: each starts with a literal the
+    regex engine skips ahead to, where the alternation tried every position."""
+    return tuple(map(re.compile, _signal_parts(name)))
 
 
 def find_intent(text: str, names: Iterable[str], asked: Iterable[str] = ()) -> str | None:
@@ -101,8 +120,9 @@ def find_intent(text: str, names: Iterable[str], asked: Iterable[str] = ()) -> s
     candidates = sorted(set(names) - set(asked), key=len, reverse=True)
     if not candidates or not text.strip():
         return None
+    present = [need in text for need in _SIGNAL_NEEDS]
     for name in candidates:
-        if _signals(name).search(text):
+        if any(pattern.search(text) for pattern in compress(_signal_scans(name), present)):
             return name
     blocks = [match.group(1) for match in _FENCE.finditer(text)]
     for name in candidates:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from forge_core.boundary import plugin_code_failed
+from forge_core.guardrails.linestart import LineStart
 from forge_core.guardrails.records import RescuedCall, RescueParser
 
 Hit = tuple[int, int, list[RescuedCall]]
@@ -41,9 +42,9 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 # --- think blocks ------------------------------------------------------------------------------
 
 _THINK_PAIRS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
-_THINK_OPEN = re.compile(r"(?m)^[ \t]*(?:<think>|\[THINK\])")
+_THINK_OPEN = LineStart(r"[ \t]*(?:<think>|\[THINK\])")
 _THINK_CLOSE = {
-    closer: re.compile(rf"(?m)^[ \t]*{re.escape(closer)}") for _, closer in _THINK_PAIRS
+    closer: LineStart(rf"[ \t]*{re.escape(closer)}") for _, closer in _THINK_PAIRS
 }
 
 
@@ -92,7 +93,7 @@ _OPEN_CLOSE = (
     ("<function=", "</function>"),
     ("<|tool_call>", "<tool_call|>"),
 )
-_LINE_JSON = re.compile(r'(?m)^[ \t]*(?:```[\w-]*[ \t]*\n[ \t]*)?[\[{][ \t\r\n]*["{]')
+_LINE_JSON = LineStart(r'[ \t]*(?:```[\w-]*[ \t]*\n[ \t]*)?[\[{][ \t\r\n]*["{]')
 
 
 def open_at_end(text: str) -> bool:

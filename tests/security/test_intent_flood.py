@@ -12,6 +12,7 @@ from test_holdback_flood import flood_reply, stream_text
 
 from forge_core.guardrails import intent
 from forge_core.guardrails.intent import IntentGate
+from forge_core.guardrails.linestart import LineStart
 from forge_core.testing import WEATHER_TOOL, ScriptedBackend, chat, forge_client, reply_tool_call
 
 NAMES = frozenset({"get_weather", "search"})
@@ -35,7 +36,7 @@ FLOODS = {
 class CountingPattern:
     """A compiled pattern that counts the characters its searches are handed."""
 
-    def __init__(self, pattern: re.Pattern[str], counter: list[int]) -> None:
+    def __init__(self, pattern: re.Pattern[str] | LineStart, counter: list[int]) -> None:
         self._pattern, self._counter = pattern, counter
 
     def _run(self, how: str, string: str, pos: int = 0, *rest: Any) -> Any:
@@ -54,7 +55,7 @@ class CountingPattern:
 
 MODULE_PATTERNS = [
     name for name, value in vars(intent).items()
-    if isinstance(value, re.Pattern) and name != "_FENCE"  # _FENCE: find_intent's, once
+    if isinstance(value, re.Pattern | LineStart) and name != "_FENCE"  # _FENCE: find_intent's, once
 ]
 
 
