@@ -42,8 +42,14 @@ def corrective_messages(
         messages.append(assistant)
     general = [p for p in problems if p.call_index is None]
     if echo:
+        # Grouped once: an answer of thousands of calls must not cost calls x problems.
+        by_call: dict[int, list[Problem]] = {}
+        for problem in problems:
+            if problem.call_index is not None:
+                by_call.setdefault(problem.call_index, []).append(problem)
+        others = bool(by_call)
         results = [
-            _tool_result(turn, position, problems, index)
+            _tool_result(turn.tool_calls[position], by_call.get(position, []), others, index)
             for position in range(len(turn.tool_calls))
         ]
         if general:
@@ -95,13 +101,13 @@ def _assistant_message(turn: AssistantTurn, echo: bool) -> dict[str, Any] | None
 
 
 def _tool_result(
-    turn: AssistantTurn, position: int, problems: list[Problem], index: ToolIndex
+    call: ToolCall, own: list[Problem], others: bool, index: ToolIndex
 ) -> dict[str, Any]:
-    call = turn.tool_calls[position]
-    own = [p for p in problems if p.call_index == position]
+    """The tool result for ``call``: its own problems, or why it was not run (``others``:
+    some call of the answer had problems)."""
     if not own:
         content = "Not executed."
-        if any(p.call_index is not None for p in problems):
+        if others:
             content += (
                 " Another call in this answer was invalid; repeat this call together with the"
                 " corrected ones."

@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from forge_core.boundary import plugin_code_failed
+from forge_core.guardrails.jsonscan import DECODER, DecodeFailed, decode_at
 from forge_core.guardrails.linestart import LineStart
 from forge_core.guardrails.records import RescuedCall, RescueParser
 
@@ -29,14 +30,6 @@ Finder = Callable[[str, frozenset[str]], list[Hit]]
 NAME_KEYS = ("name", "tool", "tool_name", "function")
 ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
 WRAPPER_KEYS = ("tool_calls", "tool_call", "function_call", "calls")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# NaN/Infinity are not JSON: refusing them here keeps every rescued call serializable.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 # --- think blocks ------------------------------------------------------------------------------
@@ -113,7 +106,7 @@ def open_at_end(text: str) -> bool:
     while text[brace] not in "[{":
         brace += 1
     try:
-        _DECODER.raw_decode(text, brace)
+        decode_at(text, brace)
     except (ValueError, RecursionError):
         return True
     return False
@@ -150,7 +143,7 @@ def call_from_object(obj: Any, names: Collection[str]) -> RescuedCall | None:
     arguments = obj[key]
     if isinstance(arguments, str):
         try:
-            arguments = _DECODER.decode(arguments) if arguments.strip() else {}
+            arguments = DECODER.decode(arguments) if arguments.strip() else {}
         except ValueError:
             return None
     if not isinstance(arguments, dict) or _looks_like_schema(arguments):
@@ -207,7 +200,7 @@ def call_run(text: str, pos: int, names: Collection[str]) -> tuple[list[RescuedC
     cursor = _skip(text, pos)
     while cursor < len(text) and text[cursor] in "{[":
         try:
-            value, after = _DECODER.raw_decode(text, cursor)
+            value, after = decode_at(text, cursor)
         except (ValueError, RecursionError):
             break
         found = calls_in_value(value, names)
@@ -308,7 +301,7 @@ def _mistral_named(text: str, cursor: int, names: frozenset[str]) -> tuple[list[
         if calls and match.group(2) is None:
             break
         try:
-            arguments, after = _DECODER.raw_decode(text, match.end())
+            arguments, after = decode_at(text, match.end())
         except (ValueError, RecursionError):
             break
         if match.group(1) not in names or not isinstance(arguments, dict):
@@ -374,9 +367,11 @@ def _python_call(source: str, names: frozenset[str]) -> RescuedCall | None:
         return None
 
 
-_FUNCTION_OPEN = re.compile(r"<function=([^>\n]+)>")
+# A name never holds "<": an attempt stops at the next opening (``[^>\n]+`` ran to the line's
+# end from each of a flood's openings).
+_FUNCTION_OPEN = re.compile(r"<function=([^<>\n]+)>")
 _FUNCTION_CLOSE = "</function>"
-_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.S)
+_PARAMETER = re.compile(r"<parameter=([^<>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.S)
 
 
 def find_xml(text: str, names: frozenset[str]) -> list[Hit]:
@@ -411,7 +406,7 @@ def _xml_text(raw: str) -> str:
 
 def _xml_value(value: str) -> Any:
     try:
-        return _DECODER.decode(value.strip()) if value.strip() else value
+        return DECODER.decode(value.strip()) if value.strip() else value
     except (ValueError, RecursionError):
         return value
 
@@ -526,7 +521,7 @@ JSON_SCAN_FACTOR = 4
 
 def _failed_scan(text: str, start: int, exc: BaseException) -> int:
     """How far a failed ``raw_decode`` from ``start`` read (to the end when unknown)."""
-    if isinstance(exc, json.JSONDecodeError) and not exc.msg.startswith("Unterminated"):
+    if isinstance(exc, DecodeFailed) and not exc.msg.startswith("Unterminated"):
         return max(1, exc.pos - start)
     return len(text) - start
 
@@ -546,7 +541,7 @@ def find_json(text: str, names: frozenset[str]) -> list[Hit]:
     budget = JSON_SCAN_FACTOR * len(text) + 65536
     while (match := _JSON_START.search(text, pos)) is not None:
         try:
-            value, end = _DECODER.raw_decode(text, match.start())
+            value, end = decode_at(text, match.start())
         except (ValueError, RecursionError) as exc:
             failures += 1
             budget -= _failed_scan(text, match.start(), exc)

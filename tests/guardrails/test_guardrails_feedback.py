@@ -234,3 +234,18 @@ def test_merge_never_mutates_its_input() -> None:
     assert messages == snapshot
     assert merged[0]["content"] == [{"type": "text", "text": "a\n\nb"}]
     assert merged[1] == {"role": "assistant", "content": "x\n\ny", "name": "bot"}
+
+
+def test_thousands_of_calls_each_get_their_own_result() -> None:
+    """A flood of rescued calls (every other one invalid): one pass over the problems, each
+    result naming only its own call's error (per-call filtering was calls x problems)."""
+    calls = [
+        ToolCall(f"c{n}", "get_weather", '{"city": "Paris", "unit": "kelvin"}' if n % 2 else
+                 '{"city": "Paris"}')
+        for n in range(20_000)
+    ]
+    turn = AssistantTurn(content="", tool_calls=calls)
+    _, *results = messages_for(turn)
+    assert [r["tool_call_id"] for r in results] == [c.id for c in calls]
+    assert all(r["content"].startswith("Error:") for r in results[1::2])
+    assert all(r["content"].startswith("Not executed. Another") for r in results[::2])

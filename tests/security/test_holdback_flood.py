@@ -33,6 +33,8 @@ FLOODS = {
     "python-tag": "<|python_tag|> ",
     "mistral": "[TOOL_CALLS] ",
     "function": "<function=x> ",
+    "function-unclosed": "<function=get_weather",  # a name that never ends: rescue was quadratic
+    "mistral-tight": "[TOOL_CALLS]",  # failed decodes counted lines from the text's start
     "naming-candidates": '{"name": "nope get_weather"} ',
 }
 
@@ -91,7 +93,7 @@ def stream_text(raw: str) -> tuple[str, list[dict[str, Any]]]:
     return text, calls
 
 
-@pytest.mark.parametrize("kind", ["tool_call", "brace-quote"])
+@pytest.mark.parametrize("kind", ["tool_call", "brace-quote", "function-unclosed", "mistral-tight"])
 @pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("auto_intent", [False, True])  # with the intent gate behind it too
 async def test_100k_markers_do_not_stall_the_loop(
@@ -147,19 +149,20 @@ async def test_prose_braces_mid_line_are_not_delayed() -> None:
 
 def test_json_finder_budgets_overlapping_failed_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each ``{"`` inside an unclosed value would otherwise be decoded to the end again."""
-    from forge_core.guardrails import rescue
+    from forge_core.guardrails import jsonscan, rescue
 
     unit = '{"a": [' + "1, " * 300
     text = json.dumps(CALL) + " " + unit * 2000  # 2000 unclosed values, each to the end
-    attempts = 0
-    decode = rescue._DECODER.raw_decode
+    handed = 0
+    decode = jsonscan.DECODER.raw_decode
 
     def counted(doc: str, start: int = 0) -> Any:
-        nonlocal attempts
-        attempts += 1
+        nonlocal handed
+        handed += len(doc) - start
         return decode(doc, start)
 
-    monkeypatch.setattr(rescue._DECODER, "raw_decode", counted)
+    monkeypatch.setattr(jsonscan.DECODER, "raw_decode", counted)
     hits = rescue.find_json(text, NAMES)
     assert [call.name for _, _, calls in hits for call in calls] == ["get_weather"]
-    assert attempts <= 2 + rescue.JSON_SCAN_FACTOR + 1
+    # The budget, plus the windows each failed decode widened through (a quarter more).
+    assert handed <= 2 * (rescue.JSON_SCAN_FACTOR + 2) * len(text)
