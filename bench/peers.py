@@ -60,10 +60,16 @@ def install(peer: Peer) -> None:
     """Create ``peer``'s venv and install its pinned distribution (only when asked)."""
     if not peer.installed():
         subprocess.run([python312(), "-m", "venv", peer.venv], check=True)
-    subprocess.run(
+    done = subprocess.run(
         [peer.python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         peer.requirement], check=True,
+         peer.requirement], stderr=subprocess.PIPE, text=True,
     )
+    # pip warns once per package about find-links folders a machine's pip.conf names but
+    # lacks: noise, dropped like scripts/setup.sh drops it.
+    for line in done.stderr.splitlines():
+        if not line.startswith("WARNING: Location 'file://"):
+            print(line)
+    done.check_returncode()
 
 
 def argv(peer: Peer, backend_port: int, port: int) -> list[str]:
