@@ -223,6 +223,17 @@ class _TagScan:
 Scanner = _BraceScan | _FenceScan | _TagScan
 
 
+def _inline_code_end(text: str, position: int) -> int:
+    """For a fence at ``position`` whose info string already shows a backtick (inline
+    ```code```, which :class:`_FenceScan` releases at once): where the released part ends;
+    else -1."""
+    start = position + len(FENCE)
+    tick = text.find("`", start)
+    if tick == -1 or text.find("\n", start, tick) != -1:
+        return -1
+    return tick + 1
+
+
 @dataclass(slots=True)
 class _Hold:
     marker: str
@@ -365,6 +376,11 @@ class HoldBack:
                     self._hold = _Hold("", None, parts=[text[keep:]], size=len(text) - keep)
                 break
             position, marker = found
+            inline = _inline_code_end(text, position) if marker == FENCE else -1
+            if inline != -1:  # settled already: no hold to open (a backtick flood's cost)
+                out.append(self._emit(text[:inline]))
+                text = text[inline:]
+                continue
             out.append(self._emit(text[:position]))
             released, text = self._open(marker, text[position:])
             out.append(released)
