@@ -813,7 +813,7 @@ def _small(held: str, reasoning: str, calls: list[ToolCall], index: ToolIndex) -
     return all(index.light(name) for name in names if name in index)
 
 
-YIELD_AFTER = 0.02
+YIELD_AFTER = 0.01
 """Seconds a stream may work through already-read chunks before it lets other tasks run."""
 
 
