@@ -132,6 +132,11 @@ def find_intent(text: str, names: Iterable[str], asked: Iterable[str] = ()) -> s
     return None
 
 
+PLAIN_SCAN = 4096
+"""How far ahead one look for plain whole lines reaches (bounded: a risky spot far ahead must
+not make every line start rescan up to it)."""
+
+
 class IntentGate:
     """Holds back streamed prose that may turn out to be tool intent, until it is known not to.
 
@@ -236,6 +241,10 @@ class IntentGate:
 
     def _next_piece(self) -> str:
         """Release the next safe piece of the buffer ("" when it must wait)."""
+        if self._line_size == 0 and self._seen == 0:
+            plain = self._plain_lines()
+            if plain:
+                return self._take(plain, line_done=True)
         buffer, at = self._buffer, self._at
         newline = buffer.find("\n", at)
         first_line = buffer[at:] if newline == -1 else buffer[at : newline + 1]
@@ -261,6 +270,20 @@ class IntentGate:
             return self._take(len(first_line), line_done=True)
         cut = self._risk(first_line) - self._line_size
         return self._take(cut, line_done=False) if cut > 0 else ""
+
+    def _plain_lines(self) -> int:
+        """At a line start: the length of the whole lines ahead, in the next ``PLAIN_SCAN``
+        characters, before any backtick or offered name. None of them can hold a signal, so
+        they go out at once: line by line, a flood of short lines cost microseconds each."""
+        buffer, at = self._buffer, self._at
+        end = min(len(buffer), at + PLAIN_SCAN)
+        tick = buffer.find("`", at, end)
+        end = end if tick == -1 else tick
+        assert self._name_at is not None
+        named = self._name_at.search(buffer, at, end)
+        end = end if named is None else named.start()
+        newline = buffer.rfind("\n", at, end)
+        return 0 if newline == -1 else newline + 1 - at
 
     def _fence(self, newline: int) -> tuple[int, int, int] | None:
         """The fenced block opening at ``_at``: where its body starts and ends and where the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from forge_core.guardrails import intent as intent_module
 from forge_core.guardrails.attempt import Splitter
 from forge_core.guardrails.intent import (
     GatedSplitter,
@@ -115,3 +116,28 @@ def test_after_a_signal_everything_is_held() -> None:
     assert gate.feed("Sure.\nCall `get_weather` now.\nIt works.") == "Sure.\nCall "
     assert gate.drain() == ""
     assert gate.flush() == "`get_weather` now.\nIt works."
+
+
+LINES = [
+    "Plain line.\n", "{\"\n", "\n", "It says get_weather is a tool.\n", "Use `x` here.\n",
+    "get_wea\n", "```python\nprint(1)\n```\n", "Then get_weather(city) runs.\n", "tail get_",
+]
+
+
+@pytest.mark.parametrize("scan", [1, 5, 16, 4096])
+def test_whole_plain_lines_go_out_at_once_and_split_like_a_stream(
+    scan: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole lines without a backtick or a name are released together (any window size),
+    and the split is the one a character-by-character stream gives."""
+    monkeypatch.setattr(intent_module, "PLAIN_SCAN", scan)
+    for start in range(len(LINES)):
+        text = "".join(LINES[start:] + LINES[:start]) * 3
+        whole = _split(text, [text])
+        assert _split(text, _chunks(text, 1)) == whole
+        assert _split(text, _chunks(text, 7)) == whole
+        sent, held = whole
+        assert sent + held == text
+    gate = IntentGate(NAMES)
+    plain = "No tool here.\n" * 1000
+    assert gate.feed(plain + "Call `get") == plain + "Call "

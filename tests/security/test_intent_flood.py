@@ -40,7 +40,8 @@ class CountingPattern:
         self._pattern, self._counter = pattern, counter
 
     def _run(self, how: str, string: str, pos: int = 0, *rest: Any) -> Any:
-        self._counter[0] += len(string) - pos
+        end = min(rest[0], len(string)) if rest else len(string)
+        self._counter[0] += end - pos
         return getattr(self._pattern, how)(string, pos, *rest)
 
     def search(self, *args: Any) -> Any:
