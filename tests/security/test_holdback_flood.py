@@ -35,6 +35,8 @@ FLOODS = {
     "function": "<function=x> ",
     "function-unclosed": "<function=get_weather",  # a name that never ends: rescue was quadratic
     "mistral-tight": "[TOOL_CALLS]",  # failed decodes counted lines from the text's start
+    "gemma": "<|tool_call>call:get_weather{",
+    "qwen-parameters": "<function=get_weather><parameter=",
     "naming-candidates": '{"name": "nope get_weather"} ',
 }
 
