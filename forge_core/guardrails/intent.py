@@ -96,12 +96,6 @@ def _signal_parts(name: str) -> tuple[str, ...]:
     )
 
 
-@functools.lru_cache(maxsize=512)
-def _signals(name: str) -> re.Pattern[str]:
-    """Any signal for ``name``, in one pattern (the gate scans short windows with it)."""
-    return re.compile("|".join(_signal_parts(name)))
-
-
 # The character each signal cannot do without, in _signal_parts' order: a text without it
 # skips that scan (a plain-string search, much faster than the pattern's).
 _SIGNAL_NEEDS = ("(", "`", '"')
@@ -109,8 +103,8 @@ _SIGNAL_NEEDS = ("(", "`", '"')
 
 @functools.lru_cache(maxsize=512)
 def _signal_scans(name: str) -> tuple[re.Pattern[str], ...]:
-    """The same signals one pattern each, for a whole answer: each starts with a literal the
-    regex engine skips ahead to, where the alternation tried every position."""
+    """The signals for ``name``, one pattern each: each starts with a literal the regex
+    engine skips ahead to (one alternation of them tried every position of a long text)."""
     return tuple(map(re.compile, _signal_parts(name)))
 
 
@@ -160,7 +154,7 @@ class IntentGate:
 
     def __init__(self, names: Iterable[str], asked: Iterable[str] = ()) -> None:
         self._names = tuple(sorted(set(names) - set(asked), key=len, reverse=True))
-        self._patterns = [_signals(name) for name in self._names]
+        self._patterns = [pattern for name in self._names for pattern in _signal_scans(name)]
         alternatives = "|".join(re.escape(name) for name in self._names)
         self._name_at = re.compile(rf"(?<![\w])(?:{alternatives})") if self._names else None
         self._longest = max((len(name) for name in self._names), default=0)
